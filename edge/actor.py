@@ -1,0 +1,149 @@
+"""The base every actor of the runtime derives from, and how actors reach each other.
+
+Actors never hold each other's ``pykka.ActorRef`` directly: they hold an ``ActorHandle``,
+owned by the runtime. When the supervisor restarts a crashed actor it swaps the new ref
+into the same handle, so the restarted actor keeps its place in the graph and senders
+need not know it was ever gone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from edge import log
+from edge.errors import ActorUnavailableError
+from edge.flow import Credits
+from edge.metrics import (
+    ACTOR_ERRORS,
+    ACTOR_MESSAGES_IN,
+    ACTOR_MESSAGES_OUT,
+    ACTOR_OUTSTANDING,
+    ACTOR_UNDELIVERED,
+)
+
+_log = log.get(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Asked by the runtime at start-up (and by health checks); answered with ``health()``."""
+
+
+class ActorHandle:
+    """A stable address for one actor across restarts. Thread-safe.
+
+    ``tell`` returns False (and counts the message as undelivered) while the actor is down:
+    on the data path nothing is acknowledged upstream before the durable write, so a
+    message that could not be delivered is redelivered by its source, not lost.
+    """
+
+    def __init__(self, name: str, max_outstanding: int | None = None) -> None:
+        self.name = name
+        self.credits = (
+            Credits(max_outstanding, ACTOR_OUTSTANDING.labels(name)) if max_outstanding else None
+        )
+        self._ref: pykka.ActorRef[Any] | None = None
+        self._lock = threading.Lock()
+        self._undelivered = ACTOR_UNDELIVERED.labels(name)
+
+    @property
+    def ref(self) -> pykka.ActorRef[Any] | None:
+        return self._ref
+
+    def bind(self, ref: pykka.ActorRef[Any] | None) -> None:
+        """Point the handle at a (new) actor; called by the runtime and the supervisor."""
+        with self._lock:
+            self._ref = ref
+            if self.credits is not None:
+                self.credits.reset()
+
+    def is_alive(self) -> bool:
+        ref = self._ref
+        return ref is not None and ref.is_alive()
+
+    def tell(self, message: Any) -> bool:
+        ref = self._ref
+        if ref is None:
+            self._undelivered.inc()
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            self._undelivered.inc()
+            return False
+        return True
+
+    def ask(self, message: Any, timeout: float | None = None) -> Any:
+        """Ask and wait. Only for start-up pings, shutdown and CLI queries: never per record."""
+        ref = self._ref
+        if ref is None:
+            raise ActorUnavailableError(f"actor {self.name!r} is not running")
+        try:
+            return ref.ask(message, timeout=timeout)
+        except pykka.ActorDeadError as exc:
+            raise ActorUnavailableError(f"actor {self.name!r} is not running") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ActorContext:
+    """What the wiring gives an actor: its name and the handles of the whole graph."""
+
+    name: str
+    handles: Mapping[str, ActorHandle]
+    on_crash: Callable[[str, BaseException | None], None] = lambda name, exc: None
+
+    @property
+    def handle(self) -> ActorHandle:
+        return self.handles[self.name]
+
+
+class EdgeActor(pykka.ThreadingActor):
+    """Base actor: counts messages in and out, answers ``Ping``, reports crashes.
+
+    Subclasses implement ``handle(message)`` with a ``match`` on their message types and
+    override ``health()`` to add their own state. Messages arrive on the actor's thread.
+    """
+
+    def __init__(self, ctx: ActorContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.name = ctx.name
+        self._in = ACTOR_MESSAGES_IN.labels(ctx.name)
+        self._out = ACTOR_MESSAGES_OUT.labels(ctx.name)
+
+    def on_receive(self, message: Any) -> Any:
+        self._in.inc()
+        if isinstance(message, Ping):
+            return self.health()
+        return self.handle(message)
+
+    def handle(self, message: Any) -> Any:
+        """Handle one message; an exception from a ``tell`` crashes the actor."""
+        raise NotImplementedError(f"{type(self).__name__} handles no messages")
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running"}
+
+    def send(self, target: str | ActorHandle, message: Any) -> bool:
+        """Tell another actor of the graph (by name or handle), counting the message."""
+        handle = target if isinstance(target, ActorHandle) else self.ctx.handles[target]
+        delivered = handle.tell(message)
+        if delivered:
+            self._out.inc()
+        return delivered
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        ACTOR_ERRORS.labels(self.name).inc()
+        _log.error("actor_crashed", actor=self.name, error=repr(exception_value))
+        self.ctx.on_crash(self.name, exception_value)

@@ -1,0 +1,94 @@
+"""Structured logging: one line per event, as ``key=value`` pairs or as JSON.
+
+Call sites pass an event name and fields::
+
+    log = edge.log.get(__name__)
+    log.info("actor_started", actor="buffer", took_ms=3.1)
+
+and ``setup()`` (called once by the CLI) picks the format. Secrets never reach a log line
+because config values print masked (``edge.config.Secret``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Literal, TextIO
+
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+
+class EventLogger(logging.LoggerAdapter):
+    """A logger whose keyword arguments become the event's fields."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("exc_info", "stack_info")}
+        kwargs["extra"] = {"fields": fields}
+        return msg, kwargs
+
+
+def get(name: str) -> EventLogger:
+    return EventLogger(logging.getLogger(name), {})
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = dict(getattr(record, "fields", {}) or {})
+    for key, value in record.__dict__.items():  # plain logging calls' `extra=` too
+        if key not in _RESERVED and key != "fields":
+            fields[key] = value
+    return fields
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{base}.{int(record.msecs):03d}Z"
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=info logger=edge.runtime event=actor_started actor=buffer``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            parts["exc"] = self.formatException(record.exc_info)
+        return " ".join(f"{k}={_kv(v)}" for k, v in parts.items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\n\t'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def setup(
+    level: str = "info", fmt: Literal["kv", "json"] = "kv", stream: TextIO | None = None
+) -> None:
+    """Configure the root logger once, for a process started from the CLI."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,88 @@
+"""Fixtures shared by the whole suite.
+
+Integration tests talk to the real services that ``scripts/services up`` starts. Their
+addresses come from the environment (``scripts/services env``); when a service is not
+reachable the test *fails*: a skipped integration test would hide a broken harness.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _service_env() -> dict[str, str]:
+    keys = ("EDGE_TEST_SITE_MQTT", "EDGE_TEST_CENTRAL_MQTT", "EDGE_TEST_KAFKA", "EDGE_TEST_PG_DSN")
+    if all(k in os.environ for k in keys):
+        return dict(os.environ)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "services"), "env"], capture_output=True, text=True, check=True
+    ).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env.setdefault(key, value)
+    return env
+
+
+def _endpoint(key: str) -> Endpoint:
+    value = _service_env()[key]
+    if value.startswith("postgresql://"):
+        hostport = value.split("@", 1)[1].split("/", 1)[0]
+    else:
+        hostport = value
+    host, _, port = hostport.rpartition(":")
+    endpoint = Endpoint(host, int(port))
+    try:
+        socket.create_connection((endpoint.host, endpoint.port), timeout=2).close()
+    except OSError as exc:
+        pytest.fail(
+            f"{key}={value} is not reachable ({exc}); start the services: scripts/services up",
+            pytrace=False,
+        )
+    return endpoint
+
+
+@pytest.fixture(scope="session")
+def site_mqtt() -> Endpoint:
+    return _endpoint("EDGE_TEST_SITE_MQTT")
+
+
+@pytest.fixture(scope="session")
+def central_mqtt() -> Endpoint:
+    return _endpoint("EDGE_TEST_CENTRAL_MQTT")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Endpoint:
+    return _endpoint("EDGE_TEST_KAFKA")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    _endpoint("EDGE_TEST_PG_DSN")
+    return _service_env()["EDGE_TEST_PG_DSN"]
+
+
+@pytest.fixture
+def unique() -> str:
+    """A name no other test uses: for topics, schemas, client ids, consumer groups."""
+    return f"t{uuid.uuid4().hex[:12]}"

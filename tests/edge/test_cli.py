@@ -1,0 +1,61 @@
+"""The `edge` command as installed: subcommands, exit codes, messages."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
+
+
+def edge(*args, **kw):
+    return subprocess.run([EDGE, *args], capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_help_lists_only_commands_that_exist():
+    from edge.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    assert sorted(commands.choices) == ["config", "version"]
+    assert edge("--help").returncode == 0
+    result = edge("gateway")
+    assert result.returncode == 2 and "invalid choice: 'gateway'" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["deploy/pi/gateway.toml", "deploy/server/server.toml"])
+def test_config_check_accepts_the_samples(path):
+    result = edge("config", "check", str(REPO / path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{REPO / path}: ok"
+
+
+def test_config_check_lists_every_problem_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[metrics]\nprot = 1\n[log]\nformat = "xml"\n')
+    result = edge("config", "check", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edge: {bad} is invalid: 2 problem(s)",
+        "  log.format: must be one of 'kv', 'json', got 'xml'",
+        "  metrics.prot: unknown key; did you mean 'port'? (known: enabled, host, port)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_masks_secrets_including_those_from_the_environment():
+    env = {"EDGE_POSTGRES_PASSWORD": "hunter2", "PATH": "/usr/bin:/bin"}
+    result = edge("config", "show", str(REPO / "deploy/server/server.toml"), env=env)
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout
+    assert '[postgres]' in result.stdout and 'password = "********"' in result.stdout
+
+
+def test_version():
+    from edge import __version__
+
+    assert edge("version").stdout.strip() == f"edge {__version__}"

@@ -1,0 +1,45 @@
+"""Structured logging: one line per event, as key=value or JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from edge import log
+
+
+@pytest.fixture
+def stream():
+    out = io.StringIO()
+    yield out
+    logging.getLogger().handlers.clear()
+
+
+def test_key_value_lines_quote_what_needs_quoting(stream):
+    log.setup("info", "kv", stream=stream)
+    log.get("edge.test").info("actor_started", actor="buffer", note="two words", took_ms=1.5)
+    line = stream.getvalue().strip()
+    assert "\n" not in line
+    assert " level=info logger=edge.test event=actor_started actor=buffer " in line
+    assert 'note="two words" took_ms=1.5' in line
+
+
+def test_json_lines_carry_the_fields_and_the_exception(stream):
+    log.setup("debug", "json", stream=stream)
+    try:
+        raise ValueError("bad frame")
+    except ValueError:
+        log.get("edge.test").error("decode_failed", topic="a/b", exc_info=True)
+    doc = json.loads(stream.getvalue())
+    assert doc["event"] == "decode_failed" and doc["topic"] == "a/b" and doc["level"] == "error"
+    assert "ValueError: bad frame" in doc["exc"]
+    assert doc["ts"].endswith("Z")
+
+
+def test_the_level_filters(stream):
+    log.setup("warning", "kv", stream=stream)
+    log.get("edge.test").info("hidden")
+    assert stream.getvalue() == ""

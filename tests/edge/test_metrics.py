@@ -1,0 +1,59 @@
+"""Prometheus exposition and /healthz over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from edge import metrics
+from edge.actor import EdgeActor
+from edge.config import SupervisionConfig
+from edge.runtime import ActorSpec, Runtime
+
+
+class Echo(EdgeActor):
+    def handle(self, message):
+        if message == "boom":
+            raise RuntimeError("boom")
+        return message
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_health_report_each_actor(unique):
+    runtime = Runtime([ActorSpec(unique, Echo.start)],
+                      SupervisionConfig(backoff_initial_s=30, backoff_max_s=30))
+    runtime.start()
+    server = metrics.serve("127.0.0.1", 0, runtime.health)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert runtime.handles[unique].ask("hi", timeout=5) == "hi"
+        status, body = get(base + "/healthz")
+        assert status == 200 and json.loads(body) == {"status": "ok", "actors": {unique: "running"}}
+
+        status, body = get(base + "/metrics")
+        assert status == 200
+        assert f'edge_actor_messages_received_total{{actor="{unique}"}} 2.0' in body  # ping + hi
+        assert f'edge_actor_up{{actor="{unique}"}} 1.0' in body
+
+        runtime.handles[unique].tell("boom")
+        for _ in range(100):  # "down" until the supervisor's next look, then "restarting"
+            status, body = get(base + "/healthz")
+            if json.loads(body)["actors"][unique] == "restarting":
+                break
+            time.sleep(0.02)
+        assert status == 503 and json.loads(body)["actors"][unique] == "restarting"
+        _, body = get(base + "/metrics")
+        assert f'edge_actor_errors_total{{actor="{unique}"}} 1.0' in body
+        assert f'edge_actor_up{{actor="{unique}"}} 0.0' in body
+    finally:
+        server.stop()
+        runtime.stop()
