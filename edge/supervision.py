@@ -117,7 +117,7 @@ class Supervisor:
         with self._lock:
             child = self._children.get(name)
             if child is None:
-                return "unsupervised"
+                return "starting"
             if child.restart_at is not None:
                 return "restarting"
         return "running" if child.handle.is_alive() else "down"

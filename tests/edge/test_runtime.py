@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -82,13 +83,25 @@ def read_until(proc, line, timeout=15):
     raise AssertionError(f"never saw {line!r}; saw {seen}")
 
 
+def wait_healthy(port, timeout=10):
+    """Poll /healthz as a readiness probe would: 503 while starting, then 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5))
+        except urllib.error.HTTPError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never healthy: {exc.read()!r}") from exc
+            time.sleep(0.05)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_drains_in_flight_work_and_stops_actors_in_reverse_order(sig):
     port = free_port()
     proc = run_app("drain", port)
     seen = read_until(proc, "started trigger")
     assert seen[-3:] == ["started store", "started flaky", "started trigger"]
-    health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5))
+    health = wait_healthy(port)
     assert health == {"status": "ok", "actors": {"store": "running", "flaky": "running",
                                                   "trigger": "running"}}
     proc.send_signal(sig)
