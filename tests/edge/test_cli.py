@@ -21,7 +21,7 @@ def test_help_lists_only_commands_that_exist():
     from edge.cli import build_parser
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
-    assert sorted(commands.choices) == ["config", "version"]
+    assert sorted(commands.choices) == ["config", "decode", "version"]
     assert edge("--help").returncode == 0
     result = edge("gateway")
     assert result.returncode == 2 and "invalid choice: 'gateway'" in result.stderr

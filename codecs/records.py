@@ -1,0 +1,122 @@
+"""What decoding produces: one record type for measurements, typed events for the rest.
+
+``Measurement`` is a NamedTuple rather than a dataclass: it is built once per value on the
+hot path (a tuple is the cheapest immutable object Python makes) and packs to msgpack as
+is. Events are rarer and are frozen dataclasses. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, NamedTuple
+
+
+class Measurement(NamedTuple):
+    time: datetime
+    device_id: str
+    connector_mode: str | None
+    connector: int | None
+    pin_position: int | None
+    label: str
+    value: float
+    unit: str | None
+    topic: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``edge decode`` form: exactly these keys, time as ISO 8601 UTC with ``Z``."""
+        doc = self._asdict()
+        doc["time"] = iso(self.time)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of typed events. ``type`` names the event in JSON and on the wire."""
+
+    type: ClassVar[str] = "event"
+    time: datetime
+    device_id: str
+    topic: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"type": self.type, **asdict(self)}
+        doc["time"] = iso(self.time)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    type: ClassVar[str] = "hello"
+    seq: int | None
+    fw_version: str
+    uptime_s: int
+    broker_connections: int
+    buf_usage_pct: float
+    temp_internal: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Event):
+    type: ClassVar[str] = "status"
+    seq: int | None
+    status: str  # "online" | "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck(Event):
+    type: ClassVar[str] = "command_ack"
+    seq: int | None
+    cmd_id: str
+    result: str  # accepted | rejected | error | unsupported
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OtaStatus(Event):
+    type: ClassVar[str] = "ota_status"
+    seq: int | None
+    cmd_id: str
+    ota_state: str  # downloading -> verifying -> applying -> success | failed
+    progress_pct: float | None = None
+    fw_version_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CardRead(Event):
+    """An F2 reader saw a card: an access event, not a measurement."""
+
+    type: ClassVar[str] = "card_read"
+    connector_mode: str
+    connector: int
+    position: int | None
+    card_id: str
+    read_type: str | None = None
+    signal_strength: float | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (Hello, Status, CommandAck, OtaStatus, CardRead)
+}
+
+
+def iso(t: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``; microseconds only when there are some."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Quarantined(NamedTuple):
+    """A message that could not be decoded, kept raw with its reason and forwarded."""
+
+    time: datetime
+    topic: str
+    payload: bytes
+    reason: str
+    message: str
+    field: str | None
+    offset: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "quarantined", "time": iso(self.time), "topic": self.topic,
+                "payload_hex": self.payload.hex(), "reason": self.reason, "message": self.message,
+                "field": self.field, "offset": self.offset}

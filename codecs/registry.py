@@ -1,0 +1,311 @@
+"""The device registry: device types, templates with data points, controllers with
+connectors and pins, and topic mappings. One model for the gateway (a TOML file) and the
+server (loaded into PostgreSQL by ``edge registry load``): the dataclasses and the loader
+live here and nowhere else.
+
+A DataPoint says how to cut one value out of a sensor's bytes, as the field systems
+define it: ``offset`` counts from the first byte of the data (a Modbus header is *not*
+skipped), ``length`` bytes, ``encoding``, ``decimals`` (value = raw / 10**decimals),
+``prepend``/``append`` (the unit, stripped), ``whole_number`` (round the value).
+
+``loads(text)`` parses and checks a registry and raises ``RegistryError`` listing every
+problem with its path. It does no I/O: callers read the file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.codecs.errors import RegistryError
+
+ENCODINGS = {  # name -> (struct code, size); Bits reads an unsigned field of `length` bytes
+    "Int8": ("b", 1), "Uint8": ("B", 1), "Int16": ("h", 2), "Uint16": ("H", 2),
+    "Int32": ("i", 4), "Uint32": ("I", 4), "Float32": ("f", 4), "Bits": (None, None),
+}
+BYTE_ORDERS = ("big", "little", "word-swapped")
+FRAMINGS = ("none", "modbus-rtu")
+PAYLOADS = ("hex", "binary")
+CODECS = ("f2", "v2", "homelab", "asset")
+MODBUS_HEADER = 3  # address, function, byte count
+_MAC = re.compile(r"^[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class DataPoint:
+    label: str
+    encoding: str
+    offset: int
+    length: int
+    decimals: int = 0
+    prepend: str = ""
+    append: str = ""
+    whole_number: bool = False
+    data_format: str = "number"
+    byte_order: str = "big"
+    bit_offset: int = 0
+    bit_length: int = 0
+    enum: Mapping[int, str] = field(default_factory=dict)
+    icon: str = ""
+
+    @property
+    def unit(self) -> str | None:
+        return (self.append.strip() or self.prepend.strip()) or None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceType:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTemplate:
+    name: str
+    device_type: str
+    data_points: tuple[DataPoint, ...]
+    framing: str = "none"
+    payload: str = "hex"
+    modbus_address: int = 1
+    modbus_function: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    position: int
+    device: str
+    template: str
+    serial: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Connector:
+    number: int
+    type: str = "RS-485"
+    pins: tuple[Pin, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Controller:
+    mac: str
+    name: str
+    template: str = "F2 Smart Controller"
+    ip: str = ""
+    pcb_version: str = ""
+    connectors: tuple[Connector, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMapping:
+    filter: str
+    codec: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    device_types: tuple[DeviceType, ...] = ()
+    templates: tuple[DeviceTemplate, ...] = ()
+    controllers: tuple[Controller, ...] = ()
+    topics: tuple[TopicMapping, ...] = ()
+
+    def template(self, name: str) -> DeviceTemplate:
+        for t in self.templates:
+            if t.name == name:
+                return t
+        raise RegistryError(f"no template named {name!r}", reason="unknown_template")
+
+    pin_index: dict[tuple[str, int, int], Pin] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        index = {
+            (c.mac, conn.number, p.position): p
+            for c in self.controllers for conn in c.connectors for p in conn.pins
+        }
+        object.__setattr__(self, "pin_index", index)
+
+    def pin(self, mac: str, connector: int, position: int) -> Pin | None:
+        """The sensor at (controller MAC, connector number, pin position), if registered."""
+        return self.pin_index.get((mac.lower(), connector, position))
+
+
+def loads(text: str) -> Registry:
+    """Parse and check a registry; ``RegistryError`` lists every problem found."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"registry is not valid TOML: {exc}") from exc
+    loader = _Loader()
+    registry = loader.registry(doc)
+    if loader.problems:
+        raise RegistryError(
+            f"{len(loader.problems)} registry problem(s): " + "; ".join(loader.problems)
+        )
+    return registry
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def get(self, table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str,
+            default: Any = ...) -> Any:
+        if key not in table:
+            if default is ...:
+                self.fail(f"{path}.{key}", "missing value")
+            return None if default is ... else default
+        value = table[key]
+        if isinstance(value, bool) and kind is not bool:
+            ok = False
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            self.fail(f"{path}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+            return None if default is ... else default
+        return value
+
+    def known(self, table: Mapping[str, Any], keys: set[str], path: str) -> None:
+        for key in table:
+            if key not in keys:
+                self.fail(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(keys))})")
+
+    def registry(self, doc: Mapping[str, Any]) -> Registry:
+        self.known(doc, {"device_types", "templates", "controllers", "topics"}, "registry")
+        types = tuple(self.device_type(t, f"device_types[{i}]")
+                      for i, t in enumerate(doc.get("device_types", [])))
+        templates = tuple(self.template(t, f"templates[{i}]")
+                          for i, t in enumerate(doc.get("templates", [])))
+        controllers = tuple(self.controller(c, f"controllers[{i}]")
+                            for i, c in enumerate(doc.get("controllers", [])))
+        topics = tuple(self.topic(t, f"topics[{i}]") for i, t in enumerate(doc.get("topics", [])))
+        type_names = {t.name for t in types}
+        template_names = {t.name for t in templates}
+        for t in templates:
+            if type_names and t.device_type not in type_names:
+                self.fail(f"templates[{t.name}].device_type", f"unknown device type {t.device_type!r}")
+        for c in controllers:
+            for conn in c.connectors:
+                for p in conn.pins:
+                    if p.template not in template_names:
+                        self.fail(f"controllers[{c.mac}].connectors[{conn.number}].pins[{p.position}]"
+                                  ".template", f"unknown template {p.template!r}")
+        return Registry(types, templates, controllers, topics)
+
+    def device_type(self, t: Mapping[str, Any], path: str) -> DeviceType:
+        self.known(t, {"name", "description"}, path)
+        return DeviceType(self.get(t, "name", str, path) or "?",
+                          self.get(t, "description", str, path, ""))
+
+    def template(self, t: Mapping[str, Any], path: str) -> DeviceTemplate:
+        self.known(t, {"name", "device_type", "data_points", "framing", "payload",
+                       "modbus_address", "modbus_function"}, path)
+        name = self.get(t, "name", str, path) or "?"
+        path = f"templates[{name}]"
+        framing = self.get(t, "framing", str, path, "none")
+        if framing not in FRAMINGS:
+            self.fail(f"{path}.framing", f"must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+        payload = self.get(t, "payload", str, path, "hex")
+        if payload not in PAYLOADS:
+            self.fail(f"{path}.payload", f"must be one of {', '.join(PAYLOADS)}, got {payload!r}")
+        points = tuple(self.data_point(dp, f"{path}.data_points[{i}]", framing)
+                       for i, dp in enumerate(t.get("data_points", [])))
+        labels = [p.label for p in points]
+        for label in {x for x in labels if labels.count(x) > 1}:
+            self.fail(f"{path}.data_points", f"label {label!r} is used twice")
+        if not points:
+            self.fail(f"{path}.data_points", "a template needs at least one data point")
+        return DeviceTemplate(
+            name, self.get(t, "device_type", str, path, "Sensor"), points, framing, payload,
+            self.get(t, "modbus_address", int, path, 1), self.get(t, "modbus_function", int, path, 3),
+        )
+
+    def data_point(self, dp: Mapping[str, Any], path: str, framing: str) -> DataPoint:
+        self.known(dp, {"label", "encoding", "offset", "length", "decimals", "prepend", "append",
+                        "whole_number", "data_format", "byte_order", "bit_offset", "bit_length",
+                        "enum", "icon"}, path)
+        label = self.get(dp, "label", str, path) or "?"
+        encoding = self.get(dp, "encoding", str, path) or "Uint8"
+        offset = self.get(dp, "offset", int, path) or 0
+        length = self.get(dp, "length", int, path) or 0
+        decimals = self.get(dp, "decimals", int, path, 0)
+        byte_order = self.get(dp, "byte_order", str, path, "big")
+        bit_offset = self.get(dp, "bit_offset", int, path, 0)
+        bit_length = self.get(dp, "bit_length", int, path, 0)
+        enum_raw = self.get(dp, "enum", dict, path, {})
+        if encoding not in ENCODINGS:
+            self.fail(f"{path}.encoding", f"must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        else:
+            size = ENCODINGS[encoding][1]
+            if size is not None and length != size:
+                self.fail(f"{path}.length", f"{encoding} is {size} bytes, length says {length}")
+            if encoding == "Bits":
+                if not 1 <= length <= 4:
+                    self.fail(f"{path}.length", f"a bit field reads 1 to 4 bytes, got {length}")
+                if bit_length < 1 or bit_offset < 0 or bit_offset + bit_length > 8 * length:
+                    self.fail(f"{path}.bit_length", f"bits {bit_offset}+{bit_length} do not fit in "
+                              f"{length} byte(s)")
+        if offset < 0:
+            self.fail(f"{path}.offset", f"must be 0 or more, got {offset}")
+        if framing == "modbus-rtu" and offset < MODBUS_HEADER:
+            self.fail(f"{path}.offset", f"offset {offset} is inside the Modbus header (bytes 0-2)")
+        if not 0 <= decimals <= 9:
+            self.fail(f"{path}.decimals", f"must be 0 to 9, got {decimals}")
+        if byte_order not in BYTE_ORDERS:
+            self.fail(f"{path}.byte_order", f"must be one of {', '.join(BYTE_ORDERS)}, got {byte_order!r}")
+        elif byte_order == "word-swapped" and length != 4:
+            self.fail(f"{path}.byte_order", "word-swapped applies to 4-byte values only")
+        enum: dict[int, str] = {}
+        for key, name in enum_raw.items():
+            try:
+                enum[int(key)] = str(name)
+            except ValueError:
+                self.fail(f"{path}.enum.{key}", "enum keys are the raw integer values")
+        return DataPoint(
+            label, encoding, offset, length, decimals,
+            self.get(dp, "prepend", str, path, ""), self.get(dp, "append", str, path, ""),
+            self.get(dp, "whole_number", bool, path, False),
+            self.get(dp, "data_format", str, path, "number"), byte_order, bit_offset, bit_length,
+            enum, self.get(dp, "icon", str, path, ""),
+        )
+
+    def controller(self, c: Mapping[str, Any], path: str) -> Controller:
+        self.known(c, {"mac", "name", "template", "ip", "pcb_version", "connectors"}, path)
+        mac = (self.get(c, "mac", str, path) or "").lower()
+        if not _MAC.match(mac):
+            self.fail(f"{path}.mac", f"must be 12 hex digits without separators, got {mac!r}")
+        path = f"controllers[{mac}]"
+        connectors = []
+        for i, conn in enumerate(c.get("connectors", [])):
+            cpath = f"{path}.connectors[{i}]"
+            self.known(conn, {"number", "type", "pins"}, cpath)
+            number = self.get(conn, "number", int, cpath) or 0
+            if not 1 <= number <= 4:
+                self.fail(f"{cpath}.number", f"must be 1 to 4, got {number}")
+            pins = []
+            for j, p in enumerate(conn.get("pins", [])):
+                ppath = f"{cpath}.pins[{j}]"
+                self.known(p, {"position", "device", "template", "serial"}, ppath)
+                pins.append(Pin(self.get(p, "position", int, ppath) or 0,
+                                self.get(p, "device", str, ppath) or "?",
+                                self.get(p, "template", str, ppath) or "?",
+                                self.get(p, "serial", str, ppath, "")))
+            connectors.append(Connector(number, self.get(conn, "type", str, cpath, "RS-485"),
+                                        tuple(pins)))
+        return Controller(mac, self.get(c, "name", str, path, mac),
+                          self.get(c, "template", str, path, "F2 Smart Controller"),
+                          self.get(c, "ip", str, path, ""), self.get(c, "pcb_version", str, path, ""),
+                          tuple(connectors))
+
+    def topic(self, t: Mapping[str, Any], path: str) -> TopicMapping:
+        self.known(t, {"filter", "codec"}, path)
+        codec = self.get(t, "codec", str, path) or "?"
+        if codec not in CODECS:
+            self.fail(f"{path}.codec", f"must be one of {', '.join(CODECS)}, got {codec!r}")
+        return TopicMapping(self.get(t, "filter", str, path) or "#", codec)

@@ -1,0 +1,170 @@
+"""The batch frame a gateway sends upstream on ``edge/<gateway>/up``.
+
+Layout (big-endian), declared once below as ``HEADER``::
+
+    magic      2 bytes  b"EG"
+    version    u8       1
+    flags      u8       bit 0: body is zlib-compressed
+    boot_epoch u32      increments at every gateway start (persisted by the buffer)
+    first_seq  u64      sequence number of the first record; record i has first_seq + i
+    count      u32      number of records
+    body_len   u32      bytes of body that follow the gateway id
+    gw_len     u8       length of the gateway id
+    gateway    gw_len bytes, UTF-8
+    body       body_len bytes: a msgpack array of records (see ``_to_wire``)
+    crc32      u32      CRC-32 of every byte before it
+
+(gateway id, boot epoch, sequence) is every record's stable identity, so a resent
+batch is recognised downstream. A corrupt, truncated or other-version frame raises
+``UplinkFrameError`` naming the field and byte offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+
+from edge.codecs.errors import UplinkFrameError
+from edge.codecs.records import EVENT_TYPES, Event, Measurement, Quarantined
+
+MAGIC = b"EG"
+VERSION = 1
+FLAG_ZLIB = 0x01
+HEADER = struct.Struct(">2sBBIQIIB")
+CRC = struct.Struct(">I")
+MAX_BODY = 64 * 1024 * 1024  # also the bound on a decompressed body
+KIND_MEASUREMENT, KIND_EVENT, KIND_QUARANTINED = 0, 1, 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+Record = Measurement | Event | Quarantined
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    gateway_id: str
+    boot_epoch: int
+    first_seq: int
+    records: list[Record]
+    compressed: bool = False
+
+
+def _us(t: datetime) -> int:
+    return (t - _EPOCH) // _US
+
+
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _to_wire(record: Record, cache: dict[datetime, int]) -> list[Any]:
+    t = record.time
+    us = cache.get(t)
+    if us is None:
+        us = cache[t] = _us(t)
+    if type(record) is Measurement:
+        return [KIND_MEASUREMENT, us, *record[1:]]
+    if type(record) is Quarantined:
+        return [KIND_QUARANTINED, us, *record[1:]]
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "time"}
+    return [KIND_EVENT, us, record.type, fields]
+
+
+def encode(gateway_id: str, boot_epoch: int, first_seq: int, records: list[Record],
+           compress: bool = False) -> bytes:
+    gw = gateway_id.encode()
+    if not 1 <= len(gw) <= 255:
+        raise UplinkFrameError(f"gateway id must be 1..255 bytes, got {len(gw)}", field="gateway")
+    cache: dict[datetime, int] = {}
+    body = msgpack.packb([_to_wire(r, cache) for r in records], use_bin_type=True)
+    if compress:
+        body = zlib.compress(body, 6)
+    if len(body) > MAX_BODY:
+        raise UplinkFrameError(f"body of {len(body)} bytes exceeds {MAX_BODY}", field="body")
+    head = HEADER.pack(MAGIC, VERSION, FLAG_ZLIB if compress else 0, boot_epoch, first_seq,
+                       len(records), len(body), len(gw))
+    frame = head + gw + body
+    return frame + CRC.pack(zlib.crc32(frame))
+
+
+def decode(frame: bytes) -> Batch:
+    size = len(frame)
+    if size < HEADER.size + CRC.size:
+        raise UplinkFrameError(f"frame of {size} bytes is shorter than its header",
+                               reason="truncated", field="header", offset=size)
+    magic, version, flags, boot, first, count, body_len, gw_len = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise UplinkFrameError(f"magic is {magic!r}, expected {MAGIC!r}", reason="bad_magic",
+                               field="magic", offset=0)
+    if version != VERSION:
+        raise UplinkFrameError(f"frame version {version}, this decoder reads version {VERSION}",
+                               reason="bad_version", field="version", offset=2)
+    body_at = HEADER.size + gw_len
+    end = body_at + body_len
+    if size != end + CRC.size:
+        raise UplinkFrameError(f"frame is {size} bytes, its header announces {end + CRC.size}",
+                               reason="truncated", field="body_len", offset=HEADER.size - 5)
+    (crc,) = CRC.unpack_from(frame, end)
+    if zlib.crc32(memoryview(frame)[:end]) != crc:
+        raise UplinkFrameError("CRC-32 mismatch: the frame is corrupt", reason="bad_crc",
+                               field="crc32", offset=end)
+    if flags & ~FLAG_ZLIB:
+        raise UplinkFrameError(f"unknown flags 0x{flags:02x}", reason="bad_flags", field="flags", offset=3)
+    try:
+        gateway = bytes(frame[HEADER.size:body_at]).decode()
+    except UnicodeDecodeError as exc:
+        raise UplinkFrameError("gateway id is not UTF-8", field="gateway", offset=HEADER.size) from exc
+    body = frame[body_at:end]
+    if flags & FLAG_ZLIB:
+        body = _inflate(body, body_at)
+    records = _records(body, count, body_at)
+    return Batch(gateway, boot, first, records, bool(flags & FLAG_ZLIB))
+
+
+def _inflate(body: bytes, at: int) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(body, MAX_BODY)
+    except zlib.error as exc:
+        raise UplinkFrameError(f"body does not inflate: {exc}", field="body", offset=at) from exc
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise UplinkFrameError("compressed body is incomplete or inflates beyond the limit",
+                               field="body", offset=at)
+    return out
+
+
+def _records(body: bytes, count: int, at: int) -> list[Record]:
+    try:
+        items = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise UplinkFrameError(f"body is not msgpack: {exc}", field="body", offset=at) from exc
+    if not isinstance(items, list) or len(items) != count:
+        got = len(items) if isinstance(items, list) else type(items).__name__
+        raise UplinkFrameError(f"header says {count} records, body holds {got}", field="count",
+                               offset=HEADER.size - 9)
+    times: dict[int, datetime] = {}
+    records: list[Record] = []
+    for i, item in enumerate(items):
+        try:
+            kind, us = item[0], item[1]
+            t = times.get(us)
+            if t is None:
+                t = times[us] = _time(us)
+            if kind == KIND_MEASUREMENT:
+                records.append(Measurement(t, *item[2:]))
+            elif kind == KIND_QUARANTINED:
+                records.append(Quarantined(t, *item[2:]))
+            elif kind == KIND_EVENT:
+                records.append(EVENT_TYPES[item[2]](time=t, **item[3]))
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+            raise UplinkFrameError(f"record {i} is malformed: {exc}", reason="bad_record",
+                                   field=f"records[{i}]", offset=at) from exc
+    return records

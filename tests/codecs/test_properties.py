@@ -1,0 +1,195 @@
+"""Properties the codecs keep for any input hypothesis can think of."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import strategies as s
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from edge.codecs import registry, uplink
+from edge.codecs.dispatch import MAX_PAYLOAD, Dispatcher
+from edge.codecs.errors import CodecError, FrameError, UplinkFrameError
+from edge.codecs.template import CompiledTemplate
+from edge.codecs.v2 import SEQ_MOD, SequenceTracker, Verdict
+
+REPO = Path(__file__).resolve().parents[2]
+DISPATCHER = Dispatcher(registry.loads((REPO / "fixtures" / "registry.toml").read_text()))
+SETTINGS = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+
+
+@SETTINGS
+@given(s.templates())
+def test_every_encoding_and_template_shape_round_trips_exactly(case):
+    template, raws = case
+    compiled = CompiledTemplate(template)
+    by_label = {dp.label: dp for dp in template.data_points}
+    values = {label: s.expected_value(by_label[label], raw) for label, raw in raws.items()}
+    decoded, errors = compiled.decode(compiled.encode(values))
+    assert errors == []
+    assert {label: value for label, value, _ in decoded} == values
+    assert [unit for _, _, unit in decoded] == [dp.unit for dp in template.data_points]
+
+
+@SETTINGS
+@given(s.templates(framing="modbus-rtu"), st.data())
+def test_any_flipped_bit_in_a_modbus_frame_is_caught(case, data):
+    template, raws = case
+    compiled = CompiledTemplate(template)
+    by_label = {dp.label: dp for dp in template.data_points}
+    frame = bytearray(compiled.encode({k: s.expected_value(by_label[k], v) for k, v in raws.items()}))
+    bit = data.draw(st.integers(0, len(frame) * 8 - 1))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(FrameError):
+        compiled.decode(bytes(frame))
+
+
+@SETTINGS
+@given(s.templates(), st.data())
+def test_a_truncated_frame_yields_the_points_it_holds_and_errors_for_the_rest(case, data):
+    template, raws = case
+    assume(template.framing == "none")
+    compiled = CompiledTemplate(template)
+    by_label = {dp.label: dp for dp in template.data_points}
+    frame = compiled.encode({k: s.expected_value(by_label[k], v) for k, v in raws.items()})
+    cut = data.draw(st.integers(0, len(frame)))
+    decoded, errors = compiled.decode(frame[:cut])
+    fits = {dp.label for dp in template.data_points if dp.offset + dp.length <= cut}
+    assert {label for label, _, _ in decoded} == fits
+    assert {e.field for e in errors} == set(by_label) - fits
+    assert all(e.reason == "short_frame" for e in errors)
+
+
+@SETTINGS
+@given(s.topics, s.payloads, s.received)
+@example("tele/f2-e4fd45f654be/sensor-mode/J1/sensor-1", b'{"timestamp": 1, "data": "00"}', None)
+@example("iot/pm-1/telemetry", b'{"v": 2, "device_id": "pm-1", "ts": "0001-01-01T00:00:00+01:00"}', None)
+@example("homelab/energy/m", b'{"x": "1e999 V", "y": NaN, "z": Infinity}', None)
+@example("homelab/energy/m", b"[" * 100_000 + b"]" * 100_000, None)
+def test_arbitrary_messages_raise_nothing_but_codec_errors(topic, payload, received_at):
+    try:
+        result = DISPATCHER.decode(topic, payload, received_at)
+    except CodecError as exc:
+        assert exc.reason and exc.topic == topic
+        return
+    for error in result.errors:
+        assert isinstance(error, CodecError) and error.reason
+    for record in result.records:
+        record.to_json()  # every record can be printed
+
+
+def test_an_oversized_payload_is_refused_before_any_parsing():
+    with pytest.raises(CodecError) as info:
+        DISPATCHER.decode("homelab/energy/m", b"{" + b" " * MAX_PAYLOAD + b"}")
+    assert info.value.reason == "too_large"
+
+
+@SETTINGS
+@given(s.records, st.text(min_size=1, max_size=30).filter(lambda g: len(g.encode()) <= 255),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.booleans())
+def test_the_uplink_frame_round_trips_any_list_of_records(records, gateway, boot, first, compress):
+    batch = uplink.decode(uplink.encode(gateway, boot, first, records, compress=compress))
+    assert (batch.gateway_id, batch.boot_epoch, batch.first_seq) == (gateway, boot, first)
+    assert batch.records == records
+
+
+@SETTINGS
+@given(s.records, st.booleans(), st.data())
+def test_any_flipped_bit_in_an_uplink_frame_is_detected(records, compress, data):
+    frame = bytearray(uplink.encode("gw-1", 3, 100, records, compress=compress))
+    bit = data.draw(st.integers(0, len(frame) * 8 - 1))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(UplinkFrameError):
+        uplink.decode(bytes(frame))
+
+
+@SETTINGS
+@given(s.records, st.booleans(), st.data())
+def test_any_truncation_of_an_uplink_frame_is_detected(records, compress, data):
+    frame = uplink.encode("gw-1", 3, 100, records, compress=compress)
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    with pytest.raises(UplinkFrameError):
+        uplink.decode(frame[:cut])
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_are_never_mistaken_for_an_uplink_frame(blob):
+    with pytest.raises(UplinkFrameError):
+        uplink.decode(blob)
+
+
+@st.composite
+def device_streams(draw):
+    """What one device sends, as the tracker sees it: boots (the first may start mid-life,
+    near the 2**32 wrap), each counting up with lost messages, and redeliveries of recent
+    messages of the current boot mixed in. Returns [(seq, ts, is_replay, boot)]."""
+    window = 64
+    stream, boot = [], 0
+    seq = draw(st.sampled_from([0, 5, SEQ_MOD - 3, SEQ_MOD - 1]))
+    for boot in range(draw(st.integers(1, 4))):
+        sent = []
+        for i in range(draw(st.integers(1, 40))):
+            if draw(st.integers(0, 9)) == 0 and i:
+                seq = (seq + draw(st.integers(1, 5))) % SEQ_MOD  # lost messages: a gap
+            ts = f"boot{boot}-{i}"
+            stream.append((seq, ts, False, boot))
+            sent.append((seq, ts))
+            if draw(st.integers(0, 4)) == 0:
+                back = draw(st.integers(1, min(len(sent), window)))
+                replay = sent[-back]
+                stream.append((replay[0], replay[1], True, boot))
+            seq = (seq + 1) % SEQ_MOD
+        seq = 0  # reboot: the next boot starts at 0, and its seq 0 arrives
+    return stream
+
+
+@SETTINGS
+@given(device_streams())
+def test_sequence_tracking_never_takes_a_duplicate_for_new_across_wrap_and_reboot(stream):
+    tracker = SequenceTracker(replay_window=64)
+    new = []
+    for seq, ts, is_replay, boot in stream:
+        result = tracker.observe("dev", seq, ts)
+        if is_replay:
+            assert result.verdict is Verdict.DUPLICATE, (seq, ts)
+        else:
+            assert result.is_new, (seq, ts)
+            new.append((boot, seq, ts))
+    assert len(new) == len(set(new)) == sum(1 for *_, r, _ in stream if not r)
+
+
+def test_sequence_gaps_are_counted_and_kept():
+    tracker = SequenceTracker()
+    assert tracker.observe("d", 10, "a").verdict is Verdict.NEW
+    result = tracker.observe("d", 14, "b")
+    assert (result.verdict, result.gap) == (Verdict.NEW, 3)
+    # 2**32-1 is 15 behind 14 modulo 2**32: a late redelivery, not news.
+    assert tracker.observe("d", SEQ_MOD - 1, "c").verdict is Verdict.DUPLICATE
+
+
+def test_sequence_wraps_at_two_to_the_32_and_a_reboot_restarts_at_zero():
+    tracker = SequenceTracker()
+    tracker.observe("d", SEQ_MOD - 2, "a")
+    assert tracker.observe("d", SEQ_MOD - 1, "b").verdict is Verdict.NEW
+    assert tracker.observe("d", 0, "c").verdict is Verdict.NEW  # the wrap
+    assert tracker.observe("d", 1, "d").verdict is Verdict.NEW
+    assert tracker.observe("d", 0, "c").verdict is Verdict.DUPLICATE  # redelivered 0
+    assert tracker.observe("d", 0, "boot-2").verdict is Verdict.REBOOT
+    assert tracker.observe("d", 0, "boot-2").verdict is Verdict.DUPLICATE
+    lost_start = tracker.observe("other", 900_000, "x")
+    assert lost_start.verdict is Verdict.NEW
+    rebooted = tracker.observe("other", 3, "y")  # reboot whose 0..2 were lost
+    assert (rebooted.verdict, rebooted.gap) == (Verdict.REBOOT, 3)
+
+
+def test_sequence_state_survives_a_restart_of_its_owner():
+    tracker = SequenceTracker()
+    tracker.observe("d", 0, "boot")
+    tracker.observe("d", 7, "x")
+    again = SequenceTracker()
+    again.restore(tracker.state())
+    assert again.observe("d", 7, "x").verdict is Verdict.DUPLICATE
+    assert again.observe("d", 0, "boot").verdict is Verdict.DUPLICATE
