@@ -120,3 +120,18 @@ class Quarantined(NamedTuple):
         return {"type": "quarantined", "time": iso(self.time), "topic": self.topic,
                 "payload_hex": self.payload.hex(), "reason": self.reason, "message": self.message,
                 "field": self.field, "offset": self.offset}
+
+
+class Gap(NamedTuple):
+    """The gateway dropped records (quota, drop-oldest): sequences first..last, ``count``
+    of them telemetry. Travels upstream with priority so the loss is visible."""
+
+    time: datetime
+    first_seq: int
+    last_seq: int
+    count: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "gap", "time": iso(self.time), "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "count": self.count, "reason": self.reason}

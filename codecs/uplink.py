@@ -11,7 +11,9 @@ Layout (big-endian), declared once below as ``HEADER``::
     body_len   u32      bytes of body that follow the gateway id
     gw_len     u8       length of the gateway id
     gateway    gw_len bytes, UTF-8
-    body       body_len bytes: a msgpack array of records (see ``_to_wire``)
+    body       body_len bytes: msgpack ``[deltas, records]``: ``records`` as in ``_to_wire``;
+               ``deltas`` nil when record i has sequence first_seq + i, else each record's
+               sequence minus first_seq (priority records make a batch non-contiguous)
     crc32      u32      CRC-32 of every byte before it
 
 (gateway id, boot epoch, sequence) is every record's stable identity, so a resent
@@ -31,7 +33,7 @@ from typing import Any
 import msgpack
 
 from edge.codecs.errors import UplinkFrameError
-from edge.codecs.records import EVENT_TYPES, Event, Measurement, Quarantined
+from edge.codecs.records import EVENT_TYPES, Event, Gap, Measurement, Quarantined
 
 MAGIC = b"EG"
 VERSION = 1
@@ -39,11 +41,11 @@ FLAG_ZLIB = 0x01
 HEADER = struct.Struct(">2sBBIQIIB")
 CRC = struct.Struct(">I")
 MAX_BODY = 64 * 1024 * 1024  # also the bound on a decompressed body
-KIND_MEASUREMENT, KIND_EVENT, KIND_QUARANTINED = 0, 1, 2
+KIND_MEASUREMENT, KIND_EVENT, KIND_QUARANTINED, KIND_GAP = 0, 1, 2, 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
-Record = Measurement | Event | Quarantined
+Record = Measurement | Event | Quarantined | Gap
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class Batch:
     boot_epoch: int
     first_seq: int
     records: list[Record]
+    seqs: list[int]
     compressed: bool = False
 
 
@@ -72,23 +75,60 @@ def _to_wire(record: Record, cache: dict[datetime, int]) -> list[Any]:
         return [KIND_MEASUREMENT, us, *record[1:]]
     if type(record) is Quarantined:
         return [KIND_QUARANTINED, us, *record[1:]]
+    if type(record) is Gap:
+        return [KIND_GAP, us, *record[1:]]
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "time"}
     return [KIND_EVENT, us, record.type, fields]
 
 
 def encode(gateway_id: str, boot_epoch: int, first_seq: int, records: list[Record],
-           compress: bool = False) -> bytes:
+           compress: bool = False, seqs: list[int] | None = None) -> bytes:
+    """Encode records with their sequences (``seqs``; default first_seq, first_seq+1, ...)."""
+    cache: dict[datetime, int] = {}
+    return encode_wire(gateway_id, boot_epoch, first_seq,
+                       [_to_wire(r, cache) for r in records], compress, seqs)
+
+
+def to_wire(record: Record) -> list[Any]:
+    """One record in its wire form (what the gateway's buffer stores, packed)."""
+    return _to_wire(record, {})
+
+
+def encode_packed(gateway_id: str, boot_epoch: int, seqs: list[int] | tuple[int, ...],
+                  packed: list[bytes] | tuple[bytes, ...], compress: bool = False) -> bytes:
+    """Encode records the buffer keeps already msgpack-packed, without unpacking them."""
+    first = seqs[0]
+    deltas = None if seqs[-1] - first == len(seqs) - 1 else [q - first for q in seqs]
+    packer = msgpack.Packer(use_bin_type=True)
+    body = (packer.pack_array_header(2) + packer.pack(deltas) + packer.pack_array_header(len(packed))
+            + b"".join(packed))
+    return _frame(gateway_id, boot_epoch, first, len(packed), body, compress)
+
+
+def encode_wire(gateway_id: str, boot_epoch: int, first_seq: int, wire: list[Any],
+                compress: bool = False, seqs: list[int] | None = None) -> bytes:
+    """Encode records already in wire form."""
+    deltas = None
+    if seqs is not None:
+        if len(seqs) != len(wire) or (seqs and seqs[0] != first_seq):
+            raise UplinkFrameError("seqs must start at first_seq, one per record", field="seqs")
+        if seqs != list(range(first_seq, first_seq + len(seqs))):
+            deltas = [q - first_seq for q in seqs]
+    body = msgpack.packb([deltas, wire], use_bin_type=True)
+    return _frame(gateway_id, boot_epoch, first_seq, len(wire), body, compress)
+
+
+def _frame(gateway_id: str, boot_epoch: int, first_seq: int, count: int, body: bytes,
+           compress: bool) -> bytes:
     gw = gateway_id.encode()
     if not 1 <= len(gw) <= 255:
         raise UplinkFrameError(f"gateway id must be 1..255 bytes, got {len(gw)}", field="gateway")
-    cache: dict[datetime, int] = {}
-    body = msgpack.packb([_to_wire(r, cache) for r in records], use_bin_type=True)
     if compress:
         body = zlib.compress(body, 6)
     if len(body) > MAX_BODY:
         raise UplinkFrameError(f"body of {len(body)} bytes exceeds {MAX_BODY}", field="body")
     head = HEADER.pack(MAGIC, VERSION, FLAG_ZLIB if compress else 0, boot_epoch, first_seq,
-                       len(records), len(body), len(gw))
+                       count, len(body), len(gw))
     frame = head + gw + body
     return frame + CRC.pack(zlib.crc32(frame))
 
@@ -123,8 +163,9 @@ def decode(frame: bytes) -> Batch:
     body = frame[body_at:end]
     if flags & FLAG_ZLIB:
         body = _inflate(body, body_at)
-    records = _records(body, count, body_at)
-    return Batch(gateway, boot, first, records, bool(flags & FLAG_ZLIB))
+    deltas, records = _records(body, count, body_at)
+    seqs = list(range(first, first + count)) if deltas is None else [first + d for d in deltas]
+    return Batch(gateway, boot, first, records, seqs, bool(flags & FLAG_ZLIB))
 
 
 def _inflate(body: bytes, at: int) -> bytes:
@@ -139,11 +180,17 @@ def _inflate(body: bytes, at: int) -> bytes:
     return out
 
 
-def _records(body: bytes, count: int, at: int) -> list[Record]:
+def _records(body: bytes, count: int, at: int) -> tuple[list[int] | None, list[Record]]:
     try:
-        items = msgpack.unpackb(body, raw=False, strict_map_key=True)
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise UplinkFrameError(f"body is not msgpack: {exc}", field="body", offset=at) from exc
+    if not isinstance(doc, list) or len(doc) != 2:
+        raise UplinkFrameError("body is not [deltas, records]", field="body", offset=at)
+    deltas, items = doc
+    if deltas is not None and (not isinstance(deltas, list) or len(deltas) != count
+                               or not all(type(d) is int and d >= 0 for d in deltas)):
+        raise UplinkFrameError("sequence deltas do not match the records", field="seqs", offset=at)
     if not isinstance(items, list) or len(items) != count:
         got = len(items) if isinstance(items, list) else type(items).__name__
         raise UplinkFrameError(f"header says {count} records, body holds {got}", field="count",
@@ -160,6 +207,8 @@ def _records(body: bytes, count: int, at: int) -> list[Record]:
                 records.append(Measurement(t, *item[2:]))
             elif kind == KIND_QUARANTINED:
                 records.append(Quarantined(t, *item[2:]))
+            elif kind == KIND_GAP:
+                records.append(Gap(t, *item[2:]))
             elif kind == KIND_EVENT:
                 records.append(EVENT_TYPES[item[2]](time=t, **item[3]))
             else:
@@ -167,4 +216,4 @@ def _records(body: bytes, count: int, at: int) -> list[Record]:
         except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
             raise UplinkFrameError(f"record {i} is malformed: {exc}", reason="bad_record",
                                    field=f"records[{i}]", offset=at) from exc
-    return records
+    return deltas, records

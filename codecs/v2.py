@@ -219,6 +219,10 @@ class SequenceTracker:
         self._last[device_id] = (seq, None)
         return SeqResult(Verdict.REBOOT, gap=seq)  # seq 0..seq-1 of the new boot are missing
 
+    def last(self, device_id: str) -> tuple[int, str | None] | None:
+        """(last seq, boot ts) of one device, as ``state()`` holds it."""
+        return self._last.get(device_id)
+
     def state(self) -> dict[str, tuple[int, str | None]]:
         return dict(self._last)
 

@@ -130,6 +130,13 @@ class EdgeActor(pykka.ThreadingActor):
     def health(self) -> dict[str, Any]:
         return {"state": "running"}
 
+    def close(self) -> None:
+        """Release what the actor holds (connections, files). Called on stop AND on crash,
+        so a restarted instance never competes with a leftover of the crashed one."""
+
+    def on_stop(self) -> None:
+        self.close()
+
     def send(self, target: str | ActorHandle, message: Any) -> bool:
         """Tell another actor of the graph (by name or handle), counting the message."""
         handle = target if isinstance(target, ActorHandle) else self.ctx.handles[target]
@@ -146,4 +153,7 @@ class EdgeActor(pykka.ThreadingActor):
     ) -> None:
         ACTOR_ERRORS.labels(self.name).inc()
         _log.error("actor_crashed", actor=self.name, error=repr(exception_value))
-        self.ctx.on_crash(self.name, exception_value)
+        try:
+            self.close()
+        finally:
+            self.ctx.on_crash(self.name, exception_value)

@@ -86,6 +86,78 @@ def _decode(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if result.errors else EXIT_OK
 
 
+def _load(path: str) -> config.Config | None:
+    try:
+        return config.load(path)
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return None
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from edge import app, log
+    from edge.runtime import run_graph
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    log.setup(cfg.log.level, cfg.log.format)
+    try:
+        specs = app.gateway_specs(cfg)
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_graph(specs, cfg)
+
+
+def _receiver(args: argparse.Namespace) -> int:
+    from edge import app, log
+    from edge.runtime import run_graph
+    from edge.store import SqliteStore
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    log.setup(cfg.log.level, cfg.log.format)
+    store = SqliteStore(cfg.receiver.store_path, cfg.receiver.durability)
+    try:
+        return run_graph(app.receiver_specs(cfg, store), cfg)
+    finally:
+        store.close()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import contextlib
+    import uuid
+
+    from edge.config import MqttConfig
+    from edge.simulate import Traffic, run
+
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"edge simulate: --broker {args.broker!r} is not HOST:PORT", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    registry_text = None
+    if args.registry:
+        try:
+            with open(args.registry, encoding="utf-8") as f:
+                registry_text = f.read()
+        except OSError as exc:
+            print(f"edge simulate: cannot read {args.registry}: {exc.strerror}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        traffic = Traffic(args.kind, args.devices, registry_text, args.seed, args.malformed)
+    except ValueError as exc:
+        print(f"edge simulate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with contextlib.ExitStack() as stack:
+        ledger = stack.enter_context(open(args.ledger, "a", encoding="utf-8")) if args.ledger else None
+        acked = run(MqttConfig(host=host, port=int(port)), traffic, args.rate, args.count, ledger,
+                    args.client_id or f"edge-sim-{uuid.uuid4().hex[:8]}")
+    print(f"published {acked} messages acknowledged by {args.broker}")
+    return EXIT_OK
+
+
 def _version(args: argparse.Namespace) -> int:
     print(f"edge {__version__}")
     return EXIT_OK
@@ -118,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--received-at", metavar="TIME",
                         help="receive time for messages without their own timestamp (default: now)")
     decode.set_defaults(func=_decode)
+
+    gateway = sub.add_parser("gateway", help="run the gateway: site broker -> SQLite buffer -> uplink")
+    gateway.add_argument("--config", required=True, help="gateway config (see deploy/pi/gateway.toml)")
+    gateway.set_defaults(func=_gateway)
+
+    receiver = sub.add_parser("receiver", help="run the uplink receiver into the single-node store")
+    receiver.add_argument("--config", required=True, help="config with [central_broker] and [receiver]")
+    receiver.set_defaults(func=_receiver)
+
+    sim = sub.add_parser("simulate", help="publish realistic device traffic to a broker, with a ledger")
+    sim.add_argument("--broker", required=True, metavar="HOST:PORT")
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument("--rate", type=float, default=10.0, help="messages/s in all; 0 = as fast as possible")
+    sim.add_argument("--count", type=int, help="stop after this many messages (default: run until killed)")
+    sim.add_argument("--kind", choices=["f2", "v2", "homelab", "mix"], default="mix")
+    sim.add_argument("--registry", metavar="FILE", help="registry for F2 templates (fixtures/registry.toml)")
+    sim.add_argument("--ledger", metavar="FILE", help="append one JSON line per acknowledged message")
+    sim.add_argument("--malformed", type=float, default=0.0, metavar="PCT", help="percent of garbage messages")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--client-id")
+    sim.set_defaults(func=_simulate)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

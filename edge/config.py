@@ -146,6 +146,74 @@ class PostgresConfig:
     password: Secret = field(default_factory=Secret)
 
 
+DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """[source] The gateway's subscription on the site broker (``[site_broker]``)."""
+
+    topics: tuple[str, ...] = (
+        "cmnd/#", "stat/#", "tele/#", "iot/+/telemetry", "iot/+/hello", "iot/+/status",
+        "iot/+/command/ack", "iot/+/ota/status", "homelab/#",
+    )
+    session_expiry_s: int = _checked(7 * DAY_S, _check_positive)
+    receive_maximum: int = _checked(1000, _check_positive)
+    batch_max: int = _checked(500, _check_positive)
+    batch_ms: float = _checked(5.0, _check_positive)
+    ack_timeout_s: float = _checked(30.0, _check_positive)
+    reconnect_min_s: float = _checked(0.5, _check_positive)
+    reconnect_max_s: float = _checked(30.0, _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderConfig:
+    """[decoder] ``registry``: the device registry file (see fixtures/registry.toml)."""
+
+    registry: str = "/etc/edge/registry.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """[buffer] SQLite store-and-forward.
+
+    durability: ``power-safe`` (synchronous=FULL: a committed, acknowledged message
+    survives a power cut) or ``crash-safe`` (synchronous=NORMAL: survives a crash of the
+    process, but a power cut may lose the last commits, which the site broker was
+    already told were safe).
+    policy when ``quota_bytes`` is reached: ``reject`` (stop acking the site broker, which
+    keeps the messages: back-pressure) or ``drop-oldest`` (delete the oldest telemetry,
+    count it, send a gap record upstream).
+    """
+
+    path: str = "/var/lib/edge/buffer.db"
+    durability: Literal["power-safe", "crash-safe"] = "power-safe"
+    quota_bytes: int = _checked(1024**3, _check_positive)
+    policy: Literal["reject", "drop-oldest"] = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    """[uplink] Batches to the central broker (``[central_broker]``) on edge/<node.id>/up."""
+
+    batch_records: int = _checked(500, _check_positive)
+    window: int = _checked(4, _check_positive)
+    confirm_timeout_s: float = _checked(15.0, _check_positive)
+    max_records_per_s: float = _checked(0.0, _check_non_negative)  # 0: no bound
+    heartbeat_s: float = _checked(30.0, _check_positive)
+    compress: bool = False
+    session_expiry_s: int = _checked(7 * DAY_S, _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    """[receiver] The server's end of the uplink: shared subscription, single-node store."""
+
+    share_group: str = "edge-receivers"
+    store_path: str = "/var/lib/edge/store.db"
+    durability: Literal["power-safe", "crash-safe"] = "power-safe"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -156,6 +224,11 @@ class Config:
     central_broker: MqttConfig = field(default_factory=MqttConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
 
 
 ENV_PREFIX = "EDGE_"

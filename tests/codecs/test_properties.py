@@ -88,11 +88,17 @@ def test_an_oversized_payload_is_refused_before_any_parsing():
 
 @SETTINGS
 @given(s.records, st.text(min_size=1, max_size=30).filter(lambda g: len(g.encode()) <= 255),
-       st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.booleans())
-def test_the_uplink_frame_round_trips_any_list_of_records(records, gateway, boot, first, compress):
-    batch = uplink.decode(uplink.encode(gateway, boot, first, records, compress=compress))
+       st.integers(0, 2**32 - 1), st.integers(0, 2**62), st.booleans(), st.data())
+def test_the_uplink_frame_round_trips_any_list_of_records(records, gateway, boot, first, compress, data):
+    gaps = data.draw(st.lists(st.integers(1, 1000), min_size=len(records), max_size=len(records)))
+    seqs = [first + sum(gaps[:i]) - (gaps[0] if gaps else 0) for i in range(1, len(records) + 1)]
+    contiguous = data.draw(st.booleans())
+    frame = uplink.encode(gateway, boot, first, records, compress=compress,
+                          seqs=None if contiguous else seqs)
+    batch = uplink.decode(frame)
     assert (batch.gateway_id, batch.boot_epoch, batch.first_seq) == (gateway, boot, first)
     assert batch.records == records
+    assert batch.seqs == (list(range(first, first + len(records))) if contiguous else seqs)
 
 
 @SETTINGS
@@ -193,3 +199,17 @@ def test_sequence_state_survives_a_restart_of_its_owner():
     again.restore(tracker.state())
     assert again.observe("d", 7, "x").verdict is Verdict.DUPLICATE
     assert again.observe("d", 0, "boot").verdict is Verdict.DUPLICATE
+
+
+@SETTINGS
+@given(s.records, st.data())
+def test_a_frame_of_prepacked_records_equals_one_encoded_from_the_records(records, data):
+    assume(records)
+    import msgpack
+
+    gaps = data.draw(st.lists(st.integers(1, 3), min_size=len(records), max_size=len(records)))
+    seqs = [10 + sum(gaps[:i]) for i in range(len(records))]
+    packed = [msgpack.packb(uplink.to_wire(r), use_bin_type=True) for r in records]
+    frame = uplink.encode_packed("gw", 2, seqs, packed)
+    assert frame == uplink.encode("gw", 2, seqs[0], records, seqs=seqs)
+    assert uplink.decode(frame).seqs == seqs

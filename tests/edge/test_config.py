@@ -41,8 +41,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         "kafka": {"bootstrap_servers": "k:9092"},
     })
     assert found == [
-        "nod: unknown key; did you mean 'node'? (known: central_broker, kafka, log, metrics, "
-        "node, postgres, site_broker, supervision)",
+        "nod: unknown key; did you mean 'node'? (known: buffer, central_broker, decoder, kafka, log, "
+        "metrics, node, postgres, receiver, site_broker, source, supervision, uplink)",
         "log.level: must be one of 'debug', 'info', 'warning', 'error', got 'verbose'",
         "metrics.prot: unknown key; did you mean 'port'? (known: enabled, host, port)",
         "metrics.port: expected an integer, got string '9108'",

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from edge.codecs.records import CardRead, CommandAck, Hello, Measurement, OtaStatus, Quarantined, Status
+from edge.codecs.records import (CardRead, CommandAck, Gap, Hello, Measurement, OtaStatus,
+                                 Quarantined, Status)
 from edge.codecs.registry import ENCODINGS, MODBUS_HEADER, DataPoint, DeviceTemplate
 
 INT_RANGES = {
@@ -89,7 +90,9 @@ events = st.one_of(
 )
 quarantined = st.builds(Quarantined, utc_times, short_text, st.binary(max_size=64), short_text,
                         short_text, maybe_text, st.none() | st.integers(0, 2**31))
-records = st.lists(st.one_of(measurements, measurements, events, quarantined), max_size=60)
+gaps = st.builds(Gap, utc_times, st.integers(0, 2**62), st.integers(0, 2**62),
+                 st.integers(0, 2**31), short_text)
+records = st.lists(st.one_of(measurements, measurements, events, quarantined, gaps), max_size=60)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -1,0 +1,426 @@
+"""Buffer: SQLite store-and-forward between the site broker and the uplink.
+
+The ack chain runs through here. A ``Store`` (a batch from the decoder, with the MQTT
+message ids it came from) is written in ONE transaction that also assigns every record
+its identity (boot epoch, sequence) and persists the v2 sequence-tracker state; only
+after the commit does the source hear ``Committed`` and ack the site broker. Rows leave
+only on ``Confirm`` (the server has them durably).
+
+Leasing: the uplink asks for records with ``LeaseRequest``; the buffer answers with
+``Leased`` (oldest first, priority class 0, alarms/events/acks, before class 1,
+telemetry), or remembers the request and answers as soon as data arrives. A cursor per
+class keeps leased rows from being leased twice; ``Rewind`` (an uplink that lost its
+window) starts again from the oldest unconfirmed row.
+
+Quota: ``reject`` leaves a batch that does not fit uncommitted (the source does not ack
+it; the broker keeps it and redelivers it later); ``drop-oldest`` deletes the oldest
+telemetry, counts it, and stores a gap record (class 0) naming the dropped sequences.
+
+A corrupt database is found at start by ``PRAGMA integrity_check``, moved aside with a
+timestamped name, reported, and replaced by a new one: never silently deleted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import sqlite_utils
+from prometheus_client import Counter, Gauge
+
+from edge import log
+from edge.actor import ActorContext, EdgeActor
+from edge.codecs.records import Gap
+from edge.codecs.uplink import to_wire
+
+_log = log.get(__name__)
+
+PRIORITY_HIGH, PRIORITY_TELEMETRY = 0, 1
+SCHEMA_VERSION = 1
+ROW_OVERHEAD = 48  # bytes per row besides the body, for the quota's estimate
+
+STORED = Counter("edge_buffer_records_stored", "Records committed to the buffer", ["priority"])
+CONFIRMED = Counter("edge_buffer_records_confirmed", "Records confirmed by the server and deleted")
+DROPPED = Counter("edge_buffer_records_dropped", "Telemetry records dropped by the drop-oldest policy")
+REJECTED = Counter("edge_buffer_batches_rejected", "Batches left unacked because the quota was reached")
+COMMITS = Counter("edge_buffer_commits", "Transactions committed")
+DEPTH = Gauge("edge_buffer_depth_records", "Records waiting for confirmation")
+BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
+CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at start and moved aside")
+
+
+# ----------------------------------------------------------------------------- messages
+@dataclass(frozen=True, slots=True)
+class Entry:
+    priority: int
+    body: bytes  # the record's wire form (edge.codecs.uplink.to_wire), msgpack-packed
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """From the decoder: records of one batch of MQTT messages, to commit together.
+
+    ``generation`` names the source's broker connection, ``batch`` numbers its batches
+    from 1. A batch that does not follow the last committed one of its generation means
+    one went missing (an actor crashed with it in its mailbox): it and every later batch
+    of the generation are refused, so the source reconnects and the broker redelivers
+    everything unacked, in order. Acks therefore never skip a message.
+    """
+
+    entries: tuple[Entry, ...]
+    mids: tuple[int, ...]
+    generation: int
+    batch: int
+    seq_state: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """To the source: these MQTT messages are durable; ack them."""
+
+    mids: tuple[int, ...]
+    generation: int
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """To the source: a batch of this generation was not stored (quota, or a hole before
+    it); reconnect so the broker redelivers what is unacked."""
+
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    max_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    boot_epoch: int
+    seqs: tuple[int, ...]
+    bodies: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """The uplink lost its window (restart): lease everything unconfirmed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    """Ask: answered with ``BufferDB.stats()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetSeqState:
+    """Ask (decoder start-up): the persisted v2 sequence state."""
+
+
+# ----------------------------------------------------------------------------- database
+def open_db(path: str, durability: str = "power-safe") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power-safe' else 'NORMAL'}")
+    return conn
+
+
+def check_integrity(path: Path) -> Path | None:
+    """Run integrity_check; a corrupt file (and its WAL) is moved aside. Returns where."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(path)
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+        conn.close()
+        ok = result == [("ok",)]
+        detail = "; ".join(r[0] for r in result[:5])
+    except sqlite3.DatabaseError as exc:
+        ok, detail = False, str(exc)
+    if ok:
+        return None
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            src.rename(Path(str(aside) + suffix))
+    CORRUPT.inc()
+    _log.error("buffer_corrupt_moved_aside", path=str(path), moved_to=str(aside), detail=detail)
+    return aside
+
+
+class BufferDB:
+    """The buffer's storage logic. One owner thread (the Buffer actor, or a CLI)."""
+
+    def __init__(self, path: str, durability: str = "power-safe", quota_bytes: int = 1024**3,
+                 policy: str = "reject", clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.moved_aside = check_integrity(self.path)
+        self.conn = open_db(str(self.path), durability)
+        self.quota_bytes = quota_bytes
+        self.policy = policy
+        self.clock = clock
+        self._migrate()
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        self.boot_epoch = int(meta.get("boot_epoch", 0)) + 1
+        top = self.conn.execute("SELECT max(seq) FROM records").fetchone()[0]
+        self.next_seq = max(int(meta.get("next_seq", 1)), (top or 0) + 1)
+        self.dropped_total = int(meta.get("dropped_total", 0))
+        self.last_generation = int(meta.get("source_generation", 0))
+        self.last_batch = int(meta.get("source_batch", 0))
+        self.refused_generations: set[int] = set()
+        self._set_meta(boot_epoch=self.boot_epoch)
+        depth, size = self.conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
+        self.depth, self.bytes = depth, size
+        self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
+        self._publish()
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self.conn)
+        db["meta"].create({"key": str, "value": int}, pk="key", if_not_exists=True)
+        version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if version is None:
+            db["records"].create({"seq": int, "boot_epoch": int, "priority": int, "body": bytes,
+                                  "size": int, "stored_at": float}, pk="seq", if_not_exists=True)
+            db["records"].create_index(["priority", "seq"], if_not_exists=True)
+            db["seq_state"].create({"device_id": str, "last_seq": int, "boot_ts": str},
+                                   pk="device_id", if_not_exists=True)
+            self._set_meta(schema_version=SCHEMA_VERSION)
+
+    def _set_meta(self, **values: int) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                              list(values.items()))
+
+    def _publish(self) -> None:
+        DEPTH.set(self.depth)
+        BYTES.set(self.bytes)
+
+    # -- writing
+    def check_order(self, generation: int, batch: int) -> str | None:
+        """None when (generation, batch) follows what was committed; else why not."""
+        if generation in self.refused_generations:
+            return "an earlier batch of this connection was refused"
+        if generation == self.last_generation and batch != self.last_batch + 1:
+            return f"batch {batch} does not follow committed batch {self.last_batch}"
+        if generation != self.last_generation and batch != 1:
+            return f"first batch seen of a connection is {batch}, not 1"
+        return None
+
+    def refuse(self, generation: int) -> None:
+        self.refused_generations.add(generation)
+
+    def store(self, entries: tuple[Entry, ...], seq_state: dict[str, tuple[int, str | None]],
+              generation: int = 0, batch: int = 0) -> bool:
+        """Commit a batch with its identities. False: the quota (reject policy) refused it."""
+        incoming = sum(len(e.body) + ROW_OVERHEAD for e in entries)
+        dropped: tuple[int, int, int, int] | None = None
+        if self.bytes + incoming > self.quota_bytes:
+            if self.policy == "reject":
+                REJECTED.inc()
+                return False
+            dropped = self._drop_oldest(self.bytes + incoming - self.quota_bytes)
+        now = self.clock()
+        rows = []
+        seq = self.next_seq
+        if dropped is not None:
+            gap = msgpack.packb(gap_record(now, dropped[0], dropped[1], dropped[2]), use_bin_type=True)
+            rows.append((seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
+            seq += 1
+        for e in entries:
+            rows.append((seq, self.boot_epoch, e.priority, e.body, len(e.body) + ROW_OVERHEAD, now))
+            seq += 1
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if dropped is not None:
+                first, last, count, _ = dropped
+                conn.execute("DELETE FROM records WHERE priority = ? AND seq BETWEEN ? AND ?",
+                             (PRIORITY_TELEMETRY, first, last))
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped_total', ?)",
+                             (self.dropped_total + count,))
+            conn.executemany("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if seq_state:
+                conn.executemany("INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts) "
+                                 "VALUES (?, ?, ?)", [(d, s, b) for d, (s, b) in seq_state.items()])
+            self._set_meta(next_seq=seq, source_generation=generation, source_batch=batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        COMMITS.inc()
+        self.next_seq = seq
+        self.last_generation, self.last_batch = generation, batch
+        if dropped is not None:
+            _, _, count, freed = dropped
+            self.dropped_total += count
+            DROPPED.inc(count)
+            self.depth -= count
+            self.bytes -= freed
+            _log.warning("buffer_dropped_oldest", records=count, first_seq=dropped[0],
+                         last_seq=dropped[1], dropped_total=self.dropped_total)
+        self.depth += len(rows)
+        self.bytes += sum(r[4] for r in rows)
+        STORED.labels(str(PRIORITY_TELEMETRY)).inc(sum(1 for r in rows if r[2] == PRIORITY_TELEMETRY))
+        STORED.labels(str(PRIORITY_HIGH)).inc(sum(1 for r in rows if r[2] == PRIORITY_HIGH))
+        self._publish()
+        return True
+
+    def _drop_oldest(self, need: int) -> tuple[int, int, int, int] | None:
+        """(first seq, last seq, count, bytes) of the oldest telemetry rows that free
+        ``need`` bytes; the caller deletes them in its transaction."""
+        freed, first, last, count = 0, None, None, 0
+        for seq, size in self.conn.execute(
+                "SELECT seq, size FROM records WHERE priority = ? ORDER BY seq", (PRIORITY_TELEMETRY,)):
+            first = seq if first is None else first
+            last, count, freed = seq, count + 1, freed + size
+            if freed >= need:
+                break
+        if first is None or last is None:
+            return None
+        # Rows of other classes between first and last stay: the DELETE names the class.
+        return first, last, count, freed
+
+    # -- leasing
+    def lease(self, max_records: int) -> Leased | None:
+        """The oldest unleased rows, class 0 first; all of one boot epoch."""
+        rows: list[tuple[int, int, bytes, int]] = []
+        for priority in (PRIORITY_HIGH, PRIORITY_TELEMETRY):
+            need = max_records - len(rows)
+            if need <= 0:
+                break
+            rows += [(seq, boot, body, priority) for seq, boot, body in self.conn.execute(
+                "SELECT seq, boot_epoch, body FROM records WHERE priority = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?", (priority, self.cursor[priority], need))]
+        if not rows:
+            return None
+        boot = min(rows)[1]
+        rows = sorted(r for r in rows if r[1] == boot)
+        for seq, _, _, priority in rows:
+            self.cursor[priority] = max(self.cursor[priority], seq)
+        return Leased(boot, tuple(r[0] for r in rows), tuple(r[2] for r in rows))
+
+    def rewind(self) -> None:
+        self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
+
+    def confirm(self, seqs: tuple[int, ...]) -> int:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            removed, size = 0, 0
+            for chunk in range(0, len(seqs), 500):
+                part = seqs[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                n, s = conn.execute(f"SELECT count(*), coalesce(sum(size), 0) FROM records "
+                                    f"WHERE seq IN ({marks})", part).fetchone()
+                conn.execute(f"DELETE FROM records WHERE seq IN ({marks})", part)
+                removed, size = removed + n, size + s
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.depth -= removed
+        self.bytes -= size
+        CONFIRMED.inc(removed)
+        self._publish()
+        return removed
+
+    # -- reading
+    def seq_state(self) -> dict[str, tuple[int, str | None]]:
+        return {d: (s, b) for d, s, b in self.conn.execute(
+            "SELECT device_id, last_seq, boot_ts FROM seq_state")}
+
+    def stats(self) -> dict[str, Any]:
+        oldest = self.conn.execute("SELECT min(stored_at) FROM records").fetchone()[0]
+        return {"depth": self.depth, "bytes": self.bytes, "boot_epoch": self.boot_epoch,
+                "next_seq": self.next_seq, "dropped_total": self.dropped_total,
+                "oldest_age_s": round(self.clock() - oldest, 3) if oldest else 0.0,
+                "quota_bytes": self.quota_bytes, "policy": self.policy}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def gap_record(now: float, first: int, last: int, count: int) -> list[Any]:
+    """The wire form of a gap record: telemetry sequences first..last, ``count`` dropped."""
+    return to_wire(Gap(datetime.fromtimestamp(now, UTC), first, last, count, "quota"))
+
+
+# ----------------------------------------------------------------------------- actor
+class Buffer(EdgeActor):
+    """The buffer actor. Talks to ``source`` (Committed) and ``uplink`` (Leased)."""
+
+    def __init__(self, ctx: ActorContext, path: str, durability: str, quota_bytes: int,
+                 policy: str, source: str = "source", uplink: str = "uplink") -> None:
+        super().__init__(ctx)
+        self.args = (path, durability, quota_bytes, policy)
+        self.source, self.uplink = source, uplink
+        self.db: BufferDB | None = None
+        self.waiting: int | None = None  # a lease request we could not answer yet
+
+    def on_start(self) -> None:
+        self.db = BufferDB(*self.args)
+        _log.info("buffer_opened", **self.db.stats())
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def handle(self, message: Any) -> Any:
+        db = self.db
+        assert db is not None
+        match message:
+            case Store(entries, mids, generation, batch, seq_state):
+                problem = db.check_order(generation, batch)
+                if problem is None and not db.store(entries, seq_state, generation, batch):
+                    problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
+                if problem is not None:
+                    if generation not in db.refused_generations:
+                        _log.warning("buffer_refused_batch", generation=generation, batch=batch,
+                                     reason=problem)
+                        db.refuse(generation)
+                        self.send(self.source, Refused(generation, problem))
+                    return None
+                self.send(self.source, Committed(mids, generation, batch))
+                if self.waiting is not None:
+                    self._lease(self.waiting)
+            case LeaseRequest(max_records):
+                self._lease(max_records)
+            case Confirm(seqs):
+                db.confirm(seqs)
+            case Rewind():
+                db.rewind()
+            case GetStats():
+                return db.stats()
+            case GetSeqState():
+                return db.seq_state()
+            case _:
+                raise TypeError(f"buffer got an unknown message {message!r}")
+        return None
+
+    def _lease(self, max_records: int) -> None:
+        assert self.db is not None
+        leased = self.db.lease(max_records)
+        if leased is None:
+            self.waiting = max_records
+            return
+        self.waiting = None
+        self.send(self.uplink, leased)
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running", **(self.db.stats() if self.db else {})}

@@ -1,0 +1,194 @@
+"""MqttSource: the site broker's messages, acked only after the buffer committed them.
+
+paho-mqtt 2.x, MQTT v5, fixed client id, persistent session (clean start off, session
+expiry of days), QoS 1 subscriptions, ``manual_ack``. The broker sends at most
+``receive_maximum`` unacked messages, which bounds what is in flight in the whole
+pipeline. Messages are handed on in batches (``batch_max`` or every ``batch_ms``).
+
+The ack chain: a batch goes to the decoder numbered (generation, batch); the buffer
+answers ``Committed`` and the source acks those ids, in order. When the buffer answers
+``Refused`` (quota, or a batch went missing in a crash), or a batch stays unacked longer
+than ``ack_timeout_s``, the source reconnects: the broker then redelivers everything
+unacked, in order, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import Counter, Gauge
+
+from edge import log
+from edge.actor import ActorContext, EdgeActor
+from edge.actors.buffer import Committed, Refused
+from edge.actors.decoder import Incoming
+from edge.config import MqttConfig, SourceConfig
+from edge.mqtt import connect_properties, jittered_backoff, make_client
+
+_log = log.get(__name__)
+
+RECEIVED = Counter("edge_source_messages_received", "Messages received from the site broker", ["filter"])
+ACKED = Counter("edge_source_messages_acked", "Messages acked to the site broker after commit")
+RECONNECTS = Counter("edge_source_reconnects", "Reconnects forced to get unacked messages redelivered",
+                     ["reason"])
+CONNECTED = Gauge("edge_source_connected", "1 while connected to the site broker")
+UNACKED = Gauge("edge_source_unacked_messages", "Messages received and not yet acked")
+
+_generations = itertools.count(int(time.time() * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reconnect:
+    reason: str
+
+
+class MqttSource(EdgeActor):
+    def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: SourceConfig,
+                 client_id: str, decoder: str = "decoder") -> None:
+        super().__init__(ctx)
+        self.broker, self.cfg, self.client_id, self.decoder = broker, cfg, client_id, decoder
+        self.lock = threading.Lock()
+        self.pending: list[tuple[int, str, bytes, float]] = []
+        self.outstanding: dict[int, tuple[float, int]] = {}  # batch -> (sent at, messages)
+        self.generation = 0
+        self.batch = 0
+        self.client: mqtt.Client | None = None
+        self.stop_ticker = threading.Event()
+        self.counters = [RECEIVED.labels(f) for f in cfg.topics]
+        self.reconnect_requested = False
+
+    # -- life cycle (actor thread)
+    def on_start(self) -> None:
+        self._connect()
+        threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
+
+    def close(self) -> None:
+        self.stop_ticker.set()
+        self._disconnect()
+
+    def _new_generation_locked(self) -> None:
+        self.generation = next(_generations)
+        self.batch = 0
+        self.pending.clear()
+        UNACKED.dec(sum(n for _, n in self.outstanding.values()))
+        self.outstanding.clear()
+
+    def _connect(self) -> None:
+        with self.lock:
+            self._new_generation_locked()
+            self.reconnect_requested = False
+        client = make_client(self.broker, self.client_id, manual_ack=True)
+        jittered_backoff(client, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
+                             clean_start=False,
+                             properties=connect_properties(self.cfg.session_expiry_s,
+                                                           self.cfg.receive_maximum))
+        client.loop_start()
+        self.client = client
+
+    def _disconnect(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+            CONNECTED.set(0)
+
+    # -- paho's thread
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            _log.warning("source_connect_failed", reason=str(reason))
+            return
+        CONNECTED.set(1)
+        _log.info("source_connected", host=self.broker.host, port=self.broker.port,
+                  session_present=flags.session_present, generation=self.generation)
+        for i, topic in enumerate(self.cfg.topics, start=1):
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = i
+            client.subscribe(topic, qos=1, properties=props)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        CONNECTED.set(0)
+        # paho reconnects by itself (clean start off) and the broker redelivers what is
+        # unacked. What is queued for the dead connection must never be acked on the new
+        # one: a new generation makes the buffer's answers for the old one void.
+        with self.lock:
+            self._new_generation_locked()
+        _log.warning("source_disconnected", reason=str(reason), generation=self.generation)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        ids = getattr(message.properties, "SubscriptionIdentifier", None)
+        if ids:
+            self.counters[ids[0] - 1].inc()
+        with self.lock:
+            self.pending.append((message.mid, message.topic, message.payload, time.time()))
+            if len(self.pending) >= self.cfg.batch_max:
+                self._flush_locked()
+
+    # -- any thread, under the lock
+    def _flush_locked(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = tuple(self.pending), []
+        self.batch += 1
+        self.outstanding[self.batch] = (time.monotonic(), len(batch))
+        UNACKED.inc(len(batch))
+        # An undelivered batch (decoder restarting) leaves a hole the buffer will refuse.
+        self.ctx.handles[self.decoder].tell(Incoming(batch, self.generation, self.batch))
+
+    def _tick(self) -> None:
+        interval = self.cfg.batch_ms / 1000
+        while not self.stop_ticker.wait(interval):
+            with self.lock:
+                self._flush_locked()
+                oldest = min((t for t, _ in self.outstanding.values()), default=None)
+                late = oldest is not None and time.monotonic() - oldest > self.cfg.ack_timeout_s
+                if late and not self.reconnect_requested:
+                    self.reconnect_requested = True
+                    self.ctx.handle.tell(_Reconnect(f"no commit within {self.cfg.ack_timeout_s:g} s"))
+
+    # -- actor thread
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Committed(mids, generation, batch):
+                if generation != self.generation or self.client is None:
+                    return None  # an old connection's: those come again
+                for mid in mids:
+                    self.client.ack(mid, 1)
+                ACKED.inc(len(mids))
+                with self.lock:
+                    _, count = self.outstanding.pop(batch, (0.0, 0))
+                UNACKED.dec(count)
+            case Refused(generation, reason):
+                if generation == self.generation:
+                    self._reconnect(reason, delay=1.0)
+            case _Reconnect(reason):
+                self._reconnect(reason)
+            case _:
+                raise TypeError(f"source got an unknown message {message!r}")
+        return None
+
+    def _reconnect(self, reason: str, delay: float = 0.0) -> None:
+        """Drop the connection on purpose so the broker redelivers everything unacked."""
+        RECONNECTS.labels(reason.split(" ")[0]).inc()
+        _log.warning("source_reconnect", reason=reason)
+        self._disconnect()
+        time.sleep(delay)  # let a full buffer drain a little before the redelivery
+        self._connect()
+
+    def health(self) -> dict[str, Any]:
+        with self.lock:
+            unacked = sum(n for _, n in self.outstanding.values())
+        return {"state": "running", "generation": self.generation, "unacked": unacked,
+                "connected": bool(self.client and self.client.is_connected())}

@@ -1,0 +1,217 @@
+"""Uplink: batches from the buffer to the central broker, deleted only when confirmed.
+
+Publishes uplink frames (``edge.codecs.uplink``) at QoS 1 on ``edge/<gateway>/up``. Up to
+``window`` frames are unconfirmed at once; the server's confirmation on
+``edge/<gateway>/ack`` (JSON ``{"boot_epoch", "first_seq", "count", "status": "ok"}``)
+makes the buffer delete exactly those rows. A frame unconfirmed after
+``confirm_timeout_s`` is sent again, and so is the whole window after a reconnect: the
+server stores idempotently, so a resend never doubles a record.
+
+Retained ``edge/<gateway>/status``: ``online`` on connect, ``offline`` as the Last Will;
+a heartbeat (buffer depth, oldest record age, drops) every ``heartbeat_s``.
+``max_records_per_s`` bounds the drain of a backlog so it does not saturate a site's link.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from prometheus_client import Counter, Gauge
+
+from edge import log
+from edge.actor import ActorContext, EdgeActor
+from edge.actors.buffer import Confirm, GetStats, Leased, LeaseRequest, Rewind
+from edge.codecs import uplink as frames
+from edge.config import MqttConfig, UplinkConfig
+from edge.mqtt import connect_properties, jittered_backoff, make_client
+
+_log = log.get(__name__)
+
+FRAMES_SENT = Counter("edge_uplink_frames_sent", "Frames published (first sends)")
+FRAMES_RESENT = Counter("edge_uplink_frames_resent", "Frames published again (timeout or reconnect)")
+RECORDS_CONFIRMED = Counter("edge_uplink_records_confirmed", "Records the server confirmed")
+BAD_ACKS = Counter("edge_uplink_bad_confirmations", "Confirmations that matched no frame in the window")
+CONNECTED = Gauge("edge_uplink_connected", "1 while connected to the central broker")
+WINDOW = Gauge("edge_uplink_window_frames", "Frames sent and not yet confirmed")
+
+
+@dataclass(frozen=True, slots=True)
+class _Connected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Disconnected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(slots=True)
+class _InFlight:
+    frame: bytes
+    seqs: tuple[int, ...]
+    sent_at: float
+
+
+class Uplink(EdgeActor):
+    def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: UplinkConfig, gateway_id: str,
+                 buffer: str = "buffer") -> None:
+        super().__init__(ctx)
+        self.broker, self.cfg, self.gateway_id, self.buffer = broker, cfg, gateway_id, buffer
+        base = f"edge/{gateway_id}"
+        self.topic_up, self.topic_ack, self.topic_status = f"{base}/up", f"{base}/ack", f"{base}/status"
+        self.window: OrderedDict[tuple[int, int], _InFlight] = OrderedDict()
+        self.requested = False
+        self.connected = False
+        self.next_allowed = 0.0
+        self.last_heartbeat = 0.0
+        self.client: mqtt.Client | None = None
+        self.stop_ticker = threading.Event()
+
+    def on_start(self) -> None:
+        # Whatever an earlier instance had leased is unconfirmed: lease it all again.
+        self.send(self.buffer, Rewind())
+        client = make_client(self.broker, self.broker.client_id or f"edge-{self.gateway_id}-uplink")
+        client.will_set(self.topic_status, self._status("offline"), qos=1, retain=True)
+        jittered_backoff(client, 0.5, 30)
+        client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self.ctx.handle.tell(_Connected())
+        client.on_disconnect = lambda c, u, f, rc, p: self.ctx.handle.tell(_Disconnected())
+        client.on_message = lambda c, u, m: self.ctx.handle.tell(_Ack(m.payload))
+        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
+                             clean_start=False, properties=connect_properties(self.cfg.session_expiry_s))
+        client.loop_start()
+        self.client = client
+        threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
+
+    def close(self) -> None:
+        self.stop_ticker.set()
+        if self.client is not None:
+            if self.connected:
+                self.client.publish(self.topic_status, self._status("offline"), qos=1, retain=True)
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+        CONNECTED.set(0)
+
+    def _tick(self) -> None:
+        while not self.stop_ticker.wait(0.2):
+            self.ctx.handle.tell(_Tick())
+
+    def _status(self, state: str, **extra: Any) -> bytes:
+        return json.dumps({"gateway_id": self.gateway_id, "status": state, "ts": time.time(),
+                           **extra}).encode()
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case _Connected():
+                self._on_connected()
+            case _Disconnected():
+                if self.connected:
+                    _log.warning("uplink_disconnected", unconfirmed_frames=len(self.window))
+                self.connected = False
+                CONNECTED.set(0)
+            case Leased(boot_epoch, seqs, bodies):
+                self.requested = False
+                self._send_new(boot_epoch, seqs, bodies)
+                self._request()
+            case _Ack(payload):
+                self._confirmed(payload)
+                self._request()
+            case _Tick():
+                self._on_tick()
+            case _:
+                raise TypeError(f"uplink got an unknown message {message!r}")
+        return None
+
+    def _on_connected(self) -> None:
+        assert self.client is not None
+        self.connected = True
+        CONNECTED.set(1)
+        self.client.subscribe(self.topic_ack, qos=1)
+        self.client.publish(self.topic_status, self._status("online"), qos=1, retain=True)
+        _log.info("uplink_connected", host=self.broker.host, resending=len(self.window))
+        now = time.monotonic()
+        for entry in self.window.values():  # everything unconfirmed goes again
+            self.client.publish(self.topic_up, entry.frame, qos=1)
+            entry.sent_at = now
+            FRAMES_RESENT.inc()
+        self._request()
+
+    def _request(self) -> None:
+        if self.requested or not self.connected or len(self.window) >= self.cfg.window:
+            return
+        if self.cfg.max_records_per_s and time.monotonic() < self.next_allowed:
+            return  # the tick asks again once the drain-rate bound allows
+        self.requested = True
+        self.send(self.buffer, LeaseRequest(self.cfg.batch_records))
+
+    def _send_new(self, boot_epoch: int, seqs: tuple[int, ...], bodies: tuple[bytes, ...]) -> None:
+        frame = frames.encode_packed(self.gateway_id, boot_epoch, seqs, bodies, self.cfg.compress)
+        key = (boot_epoch, seqs[0])
+        self.window[key] = _InFlight(frame, seqs, time.monotonic())
+        WINDOW.set(len(self.window))
+        if self.cfg.max_records_per_s:
+            self.next_allowed = max(self.next_allowed, time.monotonic()) + len(seqs) / self.cfg.max_records_per_s
+        if self.connected and self.client is not None:
+            self.client.publish(self.topic_up, frame, qos=1)
+            FRAMES_SENT.inc()
+
+    def _confirmed(self, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+            key = (int(doc["boot_epoch"]), int(doc["first_seq"]))
+            ok = doc.get("status") == "ok"
+        except (ValueError, KeyError, TypeError):
+            BAD_ACKS.inc()
+            _log.warning("uplink_bad_confirmation", payload=payload[:200])
+            return
+        entry = self.window.get(key)
+        if entry is None or not ok or int(doc.get("count", -1)) != len(entry.seqs):
+            BAD_ACKS.inc()  # late duplicate of a confirmation, or a refusal: resend covers it
+            return
+        del self.window[key]
+        WINDOW.set(len(self.window))
+        RECORDS_CONFIRMED.inc(len(entry.seqs))
+        self.send(self.buffer, Confirm(entry.seqs))
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if self.connected and self.client is not None:
+            for entry in self.window.values():
+                if now - entry.sent_at > self.cfg.confirm_timeout_s:
+                    self.client.publish(self.topic_up, entry.frame, qos=1)
+                    entry.sent_at = now
+                    FRAMES_RESENT.inc()
+            if now - self.last_heartbeat >= self.cfg.heartbeat_s:
+                self.last_heartbeat = now
+                self._heartbeat()
+        self._request()
+
+    def _heartbeat(self) -> None:
+        assert self.client is not None
+        try:
+            stats = self.ctx.handles[self.buffer].ask(GetStats(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - a heartbeat says what it can
+            stats = {"error": repr(exc)}
+        self.client.publish(self.topic_status, self._status(
+            "online", buffer_depth=stats.get("depth"), oldest_age_s=stats.get("oldest_age_s"),
+            dropped_total=stats.get("dropped_total"), unconfirmed_frames=len(self.window)),
+            qos=1, retain=True)
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running", "connected": self.connected, "window": len(self.window)}

@@ -1,0 +1,48 @@
+"""The concrete actor graphs: which actors a gateway and a receiver run, in what order.
+
+Start order follows the data backwards, so nothing flows before its destination is up:
+buffer, decoder, uplink, then the source. Stop runs the other way: the source stops
+taking messages first, the buffer closes last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.actors.buffer import Buffer
+from edge.actors.decoder import Decoder
+from edge.actors.receiver import UplinkReceiver
+from edge.actors.source import MqttSource
+from edge.actors.uplink import Uplink
+from edge.config import Config
+from edge.errors import ConfigError, ConfigProblem
+from edge.runtime import ActorSpec
+from edge.store import SqliteStore
+
+
+def read_registry(cfg: Config) -> str:
+    try:
+        return Path(cfg.decoder.registry).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("decoder.registry", f"cannot read {cfg.decoder.registry}: "
+                                         f"{exc.strerror}")]) from exc
+
+
+def gateway_specs(cfg: Config) -> list[ActorSpec]:
+    registry_text = read_registry(cfg)
+    b, gw = cfg.buffer, cfg.node.id
+    client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
+    return [
+        ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy)),
+        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer",)),
+        ActorSpec("uplink", lambda ctx: Uplink.start(ctx, cfg.central_broker, cfg.uplink, gw),
+                  after=("buffer",)),
+        ActorSpec("source", lambda ctx: MqttSource.start(ctx, cfg.site_broker, cfg.source, client_id),
+                  after=("decoder", "uplink")),
+    ]
+
+
+def receiver_specs(cfg: Config, store: SqliteStore) -> list[ActorSpec]:
+    client_id = cfg.central_broker.client_id or f"edge-{cfg.node.id}-receiver"
+    return [ActorSpec("receiver", lambda ctx: UplinkReceiver.start(
+        ctx, cfg.central_broker, cfg.receiver, store, client_id))]

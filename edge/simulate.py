@@ -1,0 +1,192 @@
+"""Simulated device traffic for the site broker, with a ledger for loss checks.
+
+Kinds: ``f2`` (sensor frames built from the registry's templates, on the registry's
+controllers and pins), ``v2`` (power meters: hello at seq 0, then telemetry with seq and
+3 measurements), ``homelab`` (energy meters), ``mix`` (all three in turn). Every message
+has a timestamp of its own (a run's clock advances 1 µs per message), so the ledger line
+``{"device_id", "time", "records", "topic", "seq"}`` names exactly the rows it must
+produce in the store. A ledger line is written only once the broker acknowledged the
+message (QoS 1 PUBACK): the ledger holds what the site broker accepted.
+``--malformed P`` makes P % of the messages garbage on real topics (ledger: ``"malformed": true``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from edge.codecs import registry as registry_mod
+from edge.codecs.records import iso
+from edge.codecs.template import CompiledTemplate
+from edge.config import MqttConfig
+from edge.mqtt import make_client
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    ledger: dict[str, Any]
+
+
+class Traffic:
+    """An endless, deterministic (seeded) stream of device messages."""
+
+    def __init__(self, kind: str, devices: int, registry_text: str | None, seed: int = 1,
+                 malformed_pct: float = 0.0, start: datetime | None = None) -> None:
+        self.kind, self.devices = kind, devices
+        self.rng = random.Random(seed)
+        self.malformed_pct = malformed_pct
+        self.clock = start or datetime.now(UTC).replace(microsecond=0)
+        self.v2_seq: dict[str, int] = {}
+        self.pins: list[tuple[str, int, int, CompiledTemplate]] = []
+        if kind in ("f2", "mix"):
+            if registry_text is None:
+                raise ValueError("f2 traffic needs --registry")
+            reg = registry_mod.loads(registry_text)
+            compiled = {t.name: CompiledTemplate(t) for t in reg.templates}
+            self.pins = [(c.mac, conn.number, p.position, compiled[p.template])
+                         for c in reg.controllers for conn in c.connectors for p in conn.pins
+                         if compiled[p.template].template.payload == "hex"]
+
+    def _tick(self) -> datetime:
+        self.clock += timedelta(microseconds=1)
+        return self.clock
+
+    def __iter__(self) -> Iterator[Message]:
+        kinds = ["f2", "v2", "homelab"] if self.kind == "mix" else [self.kind]
+        i = 0
+        while True:
+            kind = kinds[i % len(kinds)]
+            device = i // len(kinds) % self.devices
+            i += 1
+            if self.rng.random() * 100 < self.malformed_pct:
+                yield self._malformed(device)
+                continue
+            yield getattr(self, f"_{kind}")(device)
+
+    def _f2(self, device: int) -> Message:
+        mac, connector, position, template = self.pins[device % len(self.pins)]
+        values = {}
+        for dp in template.template.data_points:
+            if dp.encoding == "Float32":
+                values[dp.label] = float(self.rng.randint(0, 5000))
+            else:  # raw 0..100 fits every integer encoding
+                values[dp.label] = self.rng.randint(0, 100) / (10 ** dp.decimals)
+        t = self._tick()
+        data = template.encode(values).hex(" ").upper()
+        payload = json.dumps({"timestamp": t.strftime("%Y-%m-%d %H:%M:%S.%f"), "data": data})
+        topic = f"tele/f2-{mac}/sensor-mode/J{connector}/sensor-{position}"
+        return Message(topic, payload.encode(), {"device_id": f"f2-{mac}", "time": iso(t),
+                                                 "records": len(template.points), "topic": topic})
+
+    def _v2(self, device: int) -> Message:
+        device_id = f"pm-dc-{device:04d}"
+        t = self._tick()
+        seq = self.v2_seq.get(device_id)
+        if seq is None:  # power-on: hello first, seq 0
+            self.v2_seq[device_id] = 0
+            doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": 0, "msg_type": "hello",
+                   "fw_version": "2.4.1", "uptime_s": 1, "broker_connections": 1, "buf_usage_pct": 0.0}
+            topic = f"iot/{device_id}/hello"
+            return Message(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
+                           "records": 0, "events": 1, "topic": topic, "seq": 0})
+        seq = self.v2_seq[device_id] = (seq + 1) % 2**32
+        ms = [{"ts": iso(t), "type": "voltage_dc", "val": round(self.rng.uniform(700, 800), 1), "unit": "V"},
+              {"ts": iso(t), "type": "current_dc", "val": round(self.rng.uniform(200, 400), 1), "unit": "A"},
+              {"ts": iso(t), "type": "temperature", "val": round(self.rng.uniform(20, 60), 1), "unit": "Cel"}]
+        doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": seq, "msg_type": "telemetry",
+               "measurements": ms}
+        topic = f"iot/{device_id}/telemetry"
+        return Message(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
+                       "records": 3, "topic": topic, "seq": seq})
+
+    def _homelab(self, device: int) -> Message:
+        t = self._tick()
+        doc = {"timestamp": iso(t), "total_energy_kwh": round(self.rng.uniform(0, 1e4), 2),
+               "power_kw": round(self.rng.uniform(0, 10), 2), "voltage": 230,
+               "current": round(self.rng.uniform(0, 30), 1)}
+        topic = f"homelab/energy/meter{device}"
+        return Message(topic, json.dumps(doc).encode(), {"device_id": f"meter{device}", "time": iso(t),
+                       "records": 4, "topic": topic})
+
+    def _malformed(self, device: int) -> Message:
+        t = self._tick()
+        topic = f"homelab/energy/meter{device}"
+        payload = b'{"timestamp": "' + iso(t).encode() + b'", "power_kw": [garbage'
+        return Message(topic, payload, {"device_id": f"meter{device}", "time": iso(t), "records": 0,
+                                        "topic": topic, "malformed": True})
+
+
+def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
+        ledger: IO[str] | None, client_id: str, stop: threading.Event | None = None) -> int:
+    """Publish at ``rate`` msgs/s (0: as fast as the broker takes them) until ``count``
+    messages or ``stop``; returns how many the broker acknowledged."""
+    client = make_client(broker, client_id)
+    client.max_inflight_messages_set(100)  # performance.md: large in-flight limits are slower
+    pending: dict[int, dict[str, Any]] = {}
+    lock = threading.Lock()
+    acked = 0
+    done = threading.Event()
+
+    early: set[int] = set()  # PUBACKs that beat the registration of their mid
+
+    def record(entry: dict[str, Any]) -> None:
+        nonlocal acked
+        acked += 1
+        if ledger is not None:
+            ledger.write(json.dumps(entry) + "\n")
+
+    def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
+        with lock:
+            entry = pending.pop(mid, None)
+            if entry is None:
+                early.add(mid)
+            else:
+                record(entry)
+
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set()
+    client.on_publish = on_publish
+    client.connect(broker.host, broker.port, broker.keepalive_s)
+    client.loop_start()
+    if not connected.wait(15):
+        raise ConnectionError(f"no CONNACK from {broker.host}:{broker.port}")
+    began = time.monotonic()
+    sent = 0
+    try:
+        for message in traffic:
+            if (count is not None and sent >= count) or (stop is not None and stop.is_set()):
+                break
+            # Never call into paho holding our lock: its network thread holds paho's own
+            # lock while it runs on_publish, which takes ours.
+            info = client.publish(message.topic, message.payload, qos=1)
+            with lock:
+                if info.mid in early:
+                    early.discard(info.mid)
+                    record(message.ledger)
+                else:
+                    pending[info.mid] = message.ledger
+            sent += 1
+            if rate > 0:
+                delay = began + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        done.set()
+        if ledger is not None:
+            ledger.flush()
+    return acked

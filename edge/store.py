@@ -1,0 +1,95 @@
+"""Where the server puts what gateways send: the interface, and the single-node store.
+
+``RecordStore.write(batch)`` returns only once the records are durable; the receiver
+confirms the batch to the gateway after that. Writes are idempotent: measurements are
+unique on (device_id, connector_mode, pin_position, label, time), as ``iot_measurements``;
+events, quarantined messages and gaps on their identity (gateway, boot epoch, sequence).
+A resent batch therefore changes nothing. The Kafka/PostgreSQL store of the distributed
+deployment implements the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Protocol
+
+import sqlite_utils
+
+from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
+from edge.codecs.uplink import Batch
+
+
+class RecordStore(Protocol):
+    """Called from the receiver actor's thread only."""
+
+    def write(self, batch: Batch) -> None:
+        """Store every record of the batch durably (idempotently), or raise."""
+
+    def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
+        """Keep a frame that could not be read, with why."""
+
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The single-node measurement store (what ``edge demo`` and a small site run)."""
+
+    def __init__(self, path: str, durability: str = "power-safe") -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power-safe' else 'NORMAL'}")
+        db = sqlite_utils.Database(self.conn)
+        source = {"gateway_id": str, "boot_epoch": int, "seq": int}
+        db["iot_measurements"].create(
+            {"time": str, "device_id": str, "connector_mode": str, "connector": int,
+             "pin_position": int, "label": str, "value": float, "unit": str, "topic": str, **source},
+            if_not_exists=True)
+        # NULLs are distinct in a SQLite unique index: key on IFNULL so v2 records dedup too.
+        self.conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS iot_measurements_key ON iot_measurements "
+            "(device_id, IFNULL(connector_mode, ''), IFNULL(pin_position, -1), label, time)")
+        for name in ("events", "quarantine", "gaps"):
+            db[name].create({**source, "time": str, "type": str, "body": str},
+                            pk=("gateway_id", "boot_epoch", "seq"), if_not_exists=True)
+        db["rejected_frames"].create({"id": int, "received_at": float, "topic": str, "frame": bytes,
+                                      "reason": str, "detail": str}, pk="id", if_not_exists=True)
+
+    def write(self, batch: Batch) -> None:
+        gw, boot = batch.gateway_id, batch.boot_epoch
+        measurements, others = [], {"events": [], "quarantine": [], "gaps": []}
+        for seq, r in zip(batch.seqs, batch.records, strict=True):
+            if type(r) is Measurement:
+                measurements.append((iso(r.time), r.device_id, r.connector_mode, r.connector,
+                                     r.pin_position, r.label, r.value, r.unit, r.topic, gw, boot, seq))
+            elif isinstance(r, Event | Quarantined | Gap):
+                table = "events" if isinstance(r, Event) else "quarantine" if type(r) is Quarantined else "gaps"
+                doc = r.to_json()
+                others[table].append((gw, boot, seq, doc["time"], doc["type"],
+                                      json.dumps(doc, ensure_ascii=False, default=str)))
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO iot_measurements (time, device_id, connector_mode, connector, "
+                "pin_position, label, value, unit, topic, gateway_id, boot_epoch, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", measurements)
+            for table, rows in others.items():
+                if rows:
+                    conn.executemany(f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, "
+                                     "time, type, body) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT INTO rejected_frames (received_at, topic, frame, reason, detail) "
+                              "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, frame, reason, detail))
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,150 @@
+"""The gateway's promise, tested against real Mosquitto brokers and real processes:
+every message the site broker acknowledged is in the store exactly once, whatever breaks.
+
+Each test counts from the simulator's ledger (one line per message the site broker
+PUBACKed) and checks the buffer with integrity_check at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+from harness import Site, integrity, services, tally, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def site(tmp_path, site_mqtt, central_mqtt, unique, request):
+    marker = request.node.get_closest_marker("gateway_config")
+    overrides = marker.args[0] if marker else {}
+    s = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port, overrides=overrides)
+    yield s
+    s.stop_all()
+    services("up", "site-mqtt", "central-mqtt")  # whatever a test stopped comes back
+
+
+def drained(site: Site, timeout: float = 90) -> None:
+    """Wait until the store holds everything in the ledger (or time out), then stop."""
+    def complete() -> bool:
+        t = tally(site.ledger, site.store_db)
+        return not t.missing
+    wait_until(complete, timeout, "every ledger record in the store", interval=1.0)
+
+
+def assert_exactly_once(site: Site) -> None:
+    t = tally(site.ledger, site.store_db)
+    assert t.expected_rows > 0
+    assert t.missing == [], f"{len(t.missing)} messages missing, e.g. {t.missing[:3]}"
+    assert t.doubled == [], f"{len(t.doubled)} messages doubled, e.g. {t.doubled[:3]}"
+    assert t.stored_rows == t.expected_rows
+    assert t.events_stored == t.events_expected
+    assert integrity(site.buffer_db) == "ok"
+
+
+def test_central_broker_down_30s_under_200_msgs_loses_nothing(site):
+    site.start("receiver")
+    site.start("gateway")
+    sim = site.simulate(count=200 * 45, rate=200)
+    time.sleep(5)
+    services("down", "central-mqtt")
+    time.sleep(25)
+    depth = site.metrics()["edge_buffer_depth_records"]
+    assert depth > 3000, f"the buffer should hold the outage's traffic, holds {depth}"
+    time.sleep(5)
+    services("up", "central-mqtt")
+    assert sim.wait(timeout=120) == 0, sim.stderr.read()
+    drained(site)
+    assert_exactly_once(site)
+    wait_until(lambda: site.metrics()["edge_buffer_depth_records"] == 0, 30, "buffer drained")
+
+
+def test_kill_9_of_the_gateway_ten_times_loses_and_doubles_nothing(site):
+    site.start("receiver")
+    site.start("gateway")
+    sim = site.simulate(count=300 * 35, rate=300, kind="mix")
+    rng = random.Random(7)
+    for _ in range(10):
+        time.sleep(rng.uniform(0.5, 2.5))
+        site.kill("gateway", signal.SIGKILL)
+        time.sleep(rng.uniform(0, 0.5))
+        site.start("gateway")
+    assert sim.wait(timeout=120) == 0, sim.stderr.read()
+    drained(site)
+    assert_exactly_once(site)
+
+
+def test_a_restarted_site_broker_delivers_what_it_queued_for_the_gateway(site):
+    site.start("receiver")
+    site.start("gateway")  # establishes the persistent session and its subscriptions
+    site.kill("gateway", signal.SIGTERM)
+    sim = site.simulate(count=3000, rate=0, kind="mix")
+    assert sim.wait(timeout=60) == 0, sim.stderr.read()
+    services("down", "site-mqtt")
+    services("up", "site-mqtt")
+    site.start("gateway")
+    drained(site)
+    assert_exactly_once(site)
+
+
+@pytest.mark.gateway_config({"buffer": {"quota_bytes": 400_000, "policy": "reject"}})
+def test_a_full_buffer_with_reject_stops_acking_and_loses_nothing(site):
+    site.start("receiver")
+    site.start("gateway")
+    services("down", "central-mqtt")
+    sim = site.simulate(count=6000, rate=0, kind="v2", devices=50)
+    assert sim.wait(timeout=60) == 0, sim.stderr.read()
+    wait_until(lambda: site.metrics().get("edge_buffer_batches_rejected_total", 0) > 0, 30,
+               "the quota to be reached")
+    unacked_before = site.metrics()["edge_source_messages_acked_total"]
+    assert unacked_before < 6000, "with the quota reached, not everything can have been acked"
+    services("up", "central-mqtt")
+    drained(site, timeout=120)
+    assert_exactly_once(site)
+
+
+@pytest.mark.gateway_config({"buffer": {"quota_bytes": 400_000, "policy": "drop-oldest"}})
+def test_drop_oldest_reports_exactly_what_it_dropped_and_the_gap_arrives(site):
+    import sqlite3
+
+    site.start("receiver")
+    site.start("gateway")
+    services("down", "central-mqtt")
+    sim = site.simulate(count=6000, rate=0, kind="v2", devices=50)
+    assert sim.wait(timeout=60) == 0, sim.stderr.read()
+    wait_until(lambda: site.metrics()["edge_source_messages_acked_total"] >= 6000, 60, "all acked")
+    dropped = site.metrics()["edge_buffer_records_dropped_total"]
+    assert dropped > 0
+    services("up", "central-mqtt")
+    wait_until(lambda: site.metrics()["edge_buffer_depth_records"] == 0, 90, "buffer drained")
+    t = tally(site.ledger, site.store_db)
+    conn = sqlite3.connect(site.store_db)
+    gap_total = sum(int(__import__("json").loads(b)["count"]) for (b,) in
+                    conn.execute("SELECT body FROM gaps"))
+    conn.close()
+    assert gap_total == dropped
+    assert t.doubled == []
+    assert t.stored_rows == t.expected_rows - dropped
+    assert integrity(site.buffer_db) == "ok"
+
+
+def test_malformed_messages_are_quarantined_with_reasons_and_the_rest_flows(site):
+    import sqlite3
+
+    site.start("receiver")
+    site.start("gateway")
+    sim = site.simulate(count=3000, rate=0, kind="mix", malformed=10)
+    assert sim.wait(timeout=60) == 0, sim.stderr.read()
+    drained(site)
+    t = tally(site.ledger, site.store_db)
+    assert t.malformed_expected > 200
+    wait_until(lambda: tally(site.ledger, site.store_db).quarantined == t.malformed_expected, 30,
+               "every malformed message in quarantine")
+    assert_exactly_once(site)
+    conn = sqlite3.connect(site.store_db)
+    reasons = {r for (r,) in conn.execute("SELECT json_extract(body, '$.reason') FROM quarantine")}
+    conn.close()
+    assert reasons == {"bad_json"}

@@ -1,0 +1,186 @@
+"""Gateway/receiver processes, real brokers and the ledger check for the loss tests."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
+SERVICES = str(REPO / "scripts" / "services")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def services(*args: str) -> None:
+    subprocess.run([SERVICES, *args], check=True, capture_output=True, timeout=180)
+
+
+@dataclass
+class Site:
+    """One gateway + one receiver, wired to the test brokers, in tmp_path."""
+
+    tmp: Path
+    name: str
+    site_port: int
+    central_port: int
+    overrides: dict[str, dict] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.buffer_db = self.tmp / "buffer.db"
+        self.store_db = self.tmp / "store.db"
+        self.ledger = self.tmp / "ledger.jsonl"
+        self.gw_port, self.rx_port = free_port(), free_port()
+        gateway = {
+            "node": {"id": self.name},
+            "metrics": {"port": self.gw_port},
+            "site_broker": {"port": self.site_port, "client_id": f"{self.name}-source"},
+            "central_broker": {"port": self.central_port, "client_id": f"{self.name}-uplink"},
+            "decoder": {"registry": str(REPO / "fixtures" / "registry.toml")},
+            "buffer": {"path": str(self.buffer_db)},
+            "uplink": {"heartbeat_s": 2.0, "confirm_timeout_s": 5.0},
+            "source": {"ack_timeout_s": 10.0},
+        }
+        for section, values in self.overrides.items():
+            gateway.setdefault(section, {}).update(values)
+        receiver = {
+            "node": {"id": f"{self.name}-rx", "role": "server"},
+            "metrics": {"port": self.rx_port},
+            "central_broker": {"port": self.central_port, "client_id": f"{self.name}-receiver"},
+            "receiver": {"share_group": self.name, "store_path": str(self.store_db)},
+        }
+        (self.tmp / "gateway.toml").write_text(to_toml(gateway))
+        (self.tmp / "receiver.toml").write_text(to_toml(receiver))
+
+    def start(self, role: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{role}.log", "ab")
+        proc = subprocess.Popen([EDGE, role, "--config", str(self.tmp / f"{role}.toml")],
+                                stdout=log, stderr=log)
+        self.processes[role] = proc
+        port = self.gw_port if role == "gateway" else self.rx_port
+        wait_until(lambda: _healthy(port) or proc.poll() is not None, 30, f"{role} healthy")
+        assert proc.poll() is None, f"{role} exited: {(self.tmp / f'{role}.log').read_text()[-3000:]}"
+        return proc
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.processes.pop(role, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for role in list(self.processes):
+            self.kill(role, signal.SIGTERM)
+
+    def simulate(self, count: int, rate: float, kind: str = "mix", devices: int = 20,
+                 malformed: float = 0.0, seed: int = 1) -> subprocess.Popen:
+        return subprocess.Popen(
+            [EDGE, "simulate", "--broker", f"127.0.0.1:{self.site_port}", "--devices", str(devices),
+             "--rate", str(rate), "--count", str(count), "--kind", kind, "--seed", str(seed),
+             "--registry", str(REPO / "fixtures" / "registry.toml"), "--ledger", str(self.ledger),
+             "--malformed", str(malformed), "--client-id", f"{self.name}-sim-{seed}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def metrics(self, role: str = "gateway") -> dict[str, float]:
+        import urllib.request
+
+        port = self.gw_port if role == "gateway" else self.rx_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+
+def to_toml(sections: dict[str, dict]) -> str:
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _healthy(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def read_ledger(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Tally:
+    expected_rows: int
+    stored_rows: int
+    missing: list[tuple[str, str, int, int]]  # (device, time, expected, found)
+    doubled: list[tuple[str, str, int, int]]
+    events_expected: int
+    events_stored: int
+    malformed_expected: int
+    quarantined: int
+
+
+def tally(ledger: Path, store: Path) -> Tally:
+    entries = read_ledger(ledger)
+    want = collections.Counter()
+    for e in entries:
+        if e["records"]:
+            want[(e["device_id"], e["time"])] += e["records"]
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    got = collections.Counter({(d, t): n for d, t, n in conn.execute(
+        "SELECT device_id, time, count(*) FROM iot_measurements GROUP BY device_id, time")})
+    events = conn.execute("SELECT count(*) FROM events WHERE type = 'hello'").fetchone()[0]
+    quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    conn.close()
+    missing = [(d, t, n, got.get((d, t), 0)) for (d, t), n in want.items() if got.get((d, t), 0) < n]
+    doubled = [(d, t, n, got[(d, t)]) for (d, t), n in want.items() if got.get((d, t), 0) > n]
+    return Tally(sum(want.values()), sum(got[k] for k in want), missing, doubled,
+                 sum(e.get("events", 0) for e in entries), events,
+                 sum(1 for e in entries if e.get("malformed")), quarantined)
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def background(fn, *args) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, daemon=True)
+    thread.start()
+    return thread
