@@ -180,6 +180,25 @@ def _inflate(body: bytes, at: int) -> bytes:
     return out
 
 
+def from_wire(item: list[Any], times: dict[int, datetime] | None = None) -> Record:
+    """A record from its wire form; raises TypeError/ValueError/KeyError on a bad one."""
+    kind, us = item[0], item[1]
+    t = times.get(us) if times is not None else None
+    if t is None:
+        t = _time(us)
+        if times is not None:
+            times[us] = t
+    if kind == KIND_MEASUREMENT:
+        return Measurement(t, *item[2:])
+    if kind == KIND_QUARANTINED:
+        return Quarantined(t, *item[2:])
+    if kind == KIND_GAP:
+        return Gap(t, *item[2:])
+    if kind == KIND_EVENT:
+        return EVENT_TYPES[item[2]](time=t, **item[3])
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
 def _records(body: bytes, count: int, at: int) -> tuple[list[int] | None, list[Record]]:
     try:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=True)
@@ -199,20 +218,7 @@ def _records(body: bytes, count: int, at: int) -> tuple[list[int] | None, list[R
     records: list[Record] = []
     for i, item in enumerate(items):
         try:
-            kind, us = item[0], item[1]
-            t = times.get(us)
-            if t is None:
-                t = times[us] = _time(us)
-            if kind == KIND_MEASUREMENT:
-                records.append(Measurement(t, *item[2:]))
-            elif kind == KIND_QUARANTINED:
-                records.append(Quarantined(t, *item[2:]))
-            elif kind == KIND_GAP:
-                records.append(Gap(t, *item[2:]))
-            elif kind == KIND_EVENT:
-                records.append(EVENT_TYPES[item[2]](time=t, **item[3]))
-            else:
-                raise ValueError(f"unknown record kind {kind!r}")
+            records.append(from_wire(item, times))
         except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
             raise UplinkFrameError(f"record {i} is malformed: {exc}", reason="bad_record",
                                    field=f"records[{i}]", offset=at) from exc

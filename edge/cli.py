@@ -158,6 +158,64 @@ def _simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _buffer(args: argparse.Namespace) -> int:
+    """Read the buffer through a read-only connection: safe while the gateway runs (WAL)."""
+    import json
+    import sqlite3
+    import time
+
+    import msgpack
+
+    from edge.codecs.uplink import from_wire
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    path = cfg.buffer.path
+    if args.action == "purge" and not args.yes:
+        print("edge buffer purge: this deletes records that were never confirmed upstream; "
+              "repeat with --yes to do it", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    mode = "rw" if args.action == "purge" else "ro"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30)
+        conn.execute("SELECT 1 FROM records LIMIT 1")
+    except sqlite3.Error as exc:
+        print(f"edge buffer: cannot open {path}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    def rows(limit: int | None):
+        sql = "SELECT seq, boot_epoch, priority, body, stored_at FROM records ORDER BY priority, seq"
+        cursor = conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        for seq, boot, priority, body, stored_at in cursor:
+            record = from_wire(msgpack.unpackb(body, raw=False))
+            doc = record.to_json()
+            yield {"seq": seq, "boot_epoch": boot, "priority": priority, "stored_at": stored_at,
+                   "record": doc}
+
+    if args.action == "stats":
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        by_class = {str(p): {"records": n, "bytes": b} for p, n, b in conn.execute(
+            "SELECT priority, count(*), coalesce(sum(size), 0) FROM records GROUP BY priority")}
+        oldest = conn.execute("SELECT min(stored_at) FROM records").fetchone()[0]
+        print(json.dumps({
+            "path": path, "depth": sum(c["records"] for c in by_class.values()),
+            "bytes": sum(c["bytes"] for c in by_class.values()), "by_priority": by_class,
+            "oldest_age_s": round(time.time() - oldest, 3) if oldest else 0.0,
+            "boot_epoch": meta.get("boot_epoch"), "next_seq": meta.get("next_seq"),
+            "dropped_total": meta.get("dropped_total", 0), "quota_bytes": cfg.buffer.quota_bytes,
+            "policy": cfg.buffer.policy}, indent=2))
+    elif args.action in ("peek", "export"):
+        for doc in rows(args.limit if args.action == "peek" else None):
+            print(json.dumps(doc, ensure_ascii=False, default=str))
+    else:
+        with conn:
+            removed = conn.execute("DELETE FROM records").rowcount
+        print(json.dumps({"purged": removed, "path": path}))
+    conn.close()
+    return EXIT_OK
+
+
 def _version(args: argparse.Namespace) -> int:
     print(f"edge {__version__}")
     return EXIT_OK
@@ -211,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--client-id")
     sim.set_defaults(func=_simulate)
+
+    buf = sub.add_parser("buffer", help="inspect the gateway's buffer (safe while it runs)")
+    buf.add_argument("action", choices=["stats", "peek", "export", "purge"])
+    buf.add_argument("--config", required=True, help="the gateway's config ([buffer] path)")
+    buf.add_argument("--limit", type=int, default=10, help="records for peek (default 10)")
+    buf.add_argument("--yes", action="store_true", help="confirm purge")
+    buf.set_defaults(func=_buffer)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

@@ -1,0 +1,110 @@
+"""The buffer's storage logic, without threads: identities, leases, quota, corruption."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, BufferDB, Entry
+from edge.codecs import uplink
+from edge.codecs.records import Gap
+
+
+def entries(n, priority=PRIORITY_TELEMETRY, size=100):
+    return tuple(Entry(priority, msgpack.packb([0, i, "x" * size])) for i in range(n))
+
+
+@pytest.fixture
+def db(tmp_path):
+    b = BufferDB(str(tmp_path / "buffer.db"))
+    yield b
+    b.close()
+
+
+def test_records_get_consecutive_sequences_that_survive_a_restart(tmp_path):
+    path = str(tmp_path / "b.db")
+    first = BufferDB(path)
+    assert first.store(entries(3), {"pm-1": (7, "boot")}, generation=1, batch=1)
+    assert first.boot_epoch == 1 and first.next_seq == 4
+    first.close()
+    again = BufferDB(path)
+    assert again.boot_epoch == 2  # every start is a new boot epoch
+    assert again.next_seq == 4 and again.depth == 3
+    assert again.seq_state() == {"pm-1": (7, "boot")}  # committed with the records
+    leased = again.lease(10)
+    assert leased.seqs == (1, 2, 3) and leased.boot_epoch == 1
+    again.close()
+
+
+def test_a_lease_takes_priority_records_first_and_never_twice(db):
+    db.store(entries(3), {}, 1, 1)
+    db.store(entries(2, PRIORITY_HIGH), {}, 1, 2)
+    first = db.lease(3)
+    assert first.seqs == (1, 4, 5)  # class 0 (4, 5) first, then the oldest telemetry
+    second = db.lease(10)
+    assert second.seqs == (2, 3)
+    assert db.lease(10) is None
+    db.rewind()  # the uplink lost its window: everything unconfirmed again
+    assert db.lease(10).seqs == (1, 2, 3, 4, 5)
+
+
+def test_confirmed_rows_are_deleted_and_counted_once(db):
+    db.store(entries(5), {}, 1, 1)
+    assert db.confirm((1, 2, 3)) == 3
+    assert db.confirm((1, 2, 3)) == 0  # a duplicate confirmation deletes nothing more
+    assert db.depth == 2
+    db.rewind()
+    assert db.lease(10).seqs == (4, 5)
+
+
+def test_a_batch_after_a_hole_is_refused_until_the_next_connection(db):
+    assert db.check_order(10, 1) is None
+    db.store(entries(1), {}, 10, 1)
+    assert db.check_order(10, 2) is None
+    assert "does not follow" in db.check_order(10, 3)
+    db.refuse(10)
+    assert "refused" in db.check_order(10, 2)  # once refused, the whole connection is
+    assert db.check_order(11, 1) is None  # the reconnect starts clean
+    assert "not 1" in db.check_order(12, 5)
+
+
+def test_reject_refuses_what_does_not_fit(tmp_path):
+    db = BufferDB(str(tmp_path / "b.db"), quota_bytes=2000, policy="reject")
+    assert db.store(entries(10), {}, 1, 1)
+    assert not db.store(entries(10), {}, 1, 2)
+    assert db.depth == 10
+    db.close()
+
+
+def test_drop_oldest_deletes_the_oldest_telemetry_and_stores_a_gap(tmp_path):
+    db = BufferDB(str(tmp_path / "b.db"), quota_bytes=3000, policy="drop-oldest")
+    db.store(entries(1, PRIORITY_HIGH), {}, 1, 1)  # seq 1: an event, never dropped
+    db.store(entries(10), {}, 1, 2)  # seqs 2..11
+    assert db.store(entries(10), {}, 1, 3)
+    assert db.dropped_total > 0
+    rows = db.conn.execute("SELECT seq, priority, body FROM records ORDER BY seq").fetchall()
+    assert rows[0][:2] == (1, PRIORITY_HIGH)
+    gaps = [r for r in rows if msgpack.unpackb(r[2])[0] == uplink.KIND_GAP]
+    assert len(gaps) == 1
+    frame = uplink.encode_packed("gw", 1, [gaps[0][0]], [gaps[0][2]])
+    (gap,) = uplink.decode(frame).records
+    assert isinstance(gap, Gap) and gap.count == db.dropped_total and gap.first_seq == 2
+    remaining_telemetry = [r[0] for r in rows if r[1] == PRIORITY_TELEMETRY]
+    assert remaining_telemetry[0] == gap.last_seq + 1
+    assert db.stats()["dropped_total"] == db.dropped_total
+    db.close()
+
+
+def test_a_corrupt_database_is_moved_aside_and_reported_never_deleted(tmp_path):
+    path = tmp_path / "buffer.db"
+    db = BufferDB(str(path))
+    db.store(entries(200), {}, 1, 1)
+    db.close()
+    raw = bytearray(path.read_bytes())
+    raw[4096:8192] = b"\xff" * 4096  # smash a page
+    path.write_bytes(bytes(raw))
+    fresh = BufferDB(str(path))
+    assert fresh.moved_aside is not None and fresh.moved_aside.exists()
+    assert fresh.moved_aside.read_bytes()[:16] == bytes(raw[:16])  # the evidence is kept
+    assert fresh.depth == 0
+    fresh.close()
