@@ -80,6 +80,14 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreLocal:
+    """Records the gateway makes itself (command answers): stored outside the source's
+    batch order, with the same identities and durability."""
+
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """To the source: these MQTT messages are durable; ack them."""
 
@@ -224,7 +232,7 @@ class BufferDB:
         self.refused_generations.add(generation)
 
     def store(self, entries: tuple[Entry, ...], seq_state: dict[str, tuple[int, str | None]],
-              generation: int = 0, batch: int = 0) -> bool:
+              generation: int | None = None, batch: int | None = None) -> bool:
         """Commit a batch with its identities. False: the quota (reject policy) refused it."""
         incoming = sum(len(e.body) + ROW_OVERHEAD for e in entries)
         dropped: tuple[int, int, int, int] | None = None
@@ -257,14 +265,17 @@ class BufferDB:
             if seq_state:
                 conn.executemany("INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts) "
                                  "VALUES (?, ?, ?)", [(d, s, b) for d, (s, b) in seq_state.items()])
-            self._set_meta(next_seq=seq, source_generation=generation, source_batch=batch)
+            if generation is not None and batch is not None:
+                self._set_meta(source_generation=generation, source_batch=batch)
+            self._set_meta(next_seq=seq)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         COMMITS.inc()
         self.next_seq = seq
-        self.last_generation, self.last_batch = generation, batch
+        if generation is not None and batch is not None:
+            self.last_generation, self.last_batch = generation, batch
         if dropped is not None:
             _, _, count, freed = dropped
             self.dropped_total += count
@@ -398,6 +409,11 @@ class Buffer(EdgeActor):
                     return None
                 self.send(self.source, Committed(mids, generation, batch))
                 if self.waiting is not None:
+                    self._lease(self.waiting)
+            case StoreLocal(entries):
+                if not db.store(entries, {}):
+                    _log.error("buffer_full_local_records_lost", records=len(entries))
+                elif self.waiting is not None:
                     self._lease(self.waiting)
             case LeaseRequest(max_records):
                 self._lease(max_records)

@@ -27,7 +27,8 @@ from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, Entry, GetSeqS
 from edge.codecs import registry as registry_mod
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
-from edge.codecs.records import Event, Measurement, Quarantined
+from edge.actors.commands import DeviceAck, Presence
+from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
 from edge.codecs.uplink import to_wire
 from edge.codecs.v2 import SequenceTracker
 
@@ -89,6 +90,8 @@ class Decoder(EdgeActor):
                 batch: int) -> None:
         entries: list[Entry] = []
         seq_state: dict[str, tuple[int, str | None]] = {}
+        seen: dict[str, tuple[float, str | None]] = {}
+        acks: list[DeviceAck] = []
         pack = self.pack
         for _, topic, payload, received in messages:
             received_at = datetime.fromtimestamp(received, UTC)
@@ -111,11 +114,22 @@ class Decoder(EdgeActor):
             DECODED.labels(result.codec).inc()
             for record in result.records:
                 entries.append(Entry(priority_of(record), pack(to_wire(record))))
+                if type(record) is Status:
+                    seen[record.device_id] = (received, record.status)
+                elif type(record) is CommandAck:
+                    acks.append(DeviceAck(record.cmd_id, record.result))
+            if result.records and result.records[0].device_id not in seen:
+                seen[result.records[0].device_id] = (received, None)
             RECORDS.inc(len(result.records))
             if result.errors:
                 entries.append(self._quarantine(topic, payload, received_at, result.errors))
         mids = tuple(m[0] for m in messages)
         self.send(self.buffer, Store(tuple(entries), mids, generation, batch, seq_state))
+        if "commands" in self.ctx.handles:
+            if seen:
+                self.send("commands", Presence(seen))
+            for ack in acks:
+                self.send("commands", ack)
 
     def _quarantine(self, topic: str, payload: bytes, received_at: datetime,
                     errors: list[CodecError]) -> Entry:

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from edge import log
 from edge.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Confirm, GetStats, Leased, LeaseRequest, Rewind
+from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
 from edge.config import MqttConfig, UplinkConfig
 from edge.mqtt import connect_properties, jittered_backoff, make_client
@@ -75,6 +76,7 @@ class Uplink(EdgeActor):
         self.broker, self.cfg, self.gateway_id, self.buffer = broker, cfg, gateway_id, buffer
         base = f"edge/{gateway_id}"
         self.topic_up, self.topic_ack, self.topic_status = f"{base}/up", f"{base}/ack", f"{base}/status"
+        self.topic_down = f"{base}/down"
         self.window: OrderedDict[tuple[int, int], _InFlight] = OrderedDict()
         self.requested = False
         self.connected = False
@@ -91,7 +93,7 @@ class Uplink(EdgeActor):
         jittered_backoff(client, 0.5, 30)
         client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self.ctx.handle.tell(_Connected())
         client.on_disconnect = lambda c, u, f, rc, p: self.ctx.handle.tell(_Disconnected())
-        client.on_message = lambda c, u, m: self.ctx.handle.tell(_Ack(m.payload))
+        client.on_message = self._on_message
         client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
                              clean_start=False, properties=connect_properties(self.cfg.session_expiry_s))
         client.loop_start()
@@ -107,6 +109,13 @@ class Uplink(EdgeActor):
             self.client.loop_stop()
             self.client = None
         CONNECTED.set(0)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.topic_down:
+            if "commands" in self.ctx.handles:
+                self.ctx.handles["commands"].tell(Downlink(message.payload))
+        else:
+            self.ctx.handle.tell(_Ack(message.payload))
 
     def _tick(self) -> None:
         while not self.stop_ticker.wait(0.2):
@@ -142,7 +151,7 @@ class Uplink(EdgeActor):
         assert self.client is not None
         self.connected = True
         CONNECTED.set(1)
-        self.client.subscribe(self.topic_ack, qos=1)
+        self.client.subscribe([(self.topic_ack, 1), (self.topic_down, 1)])
         self.client.publish(self.topic_status, self._status("online"), qos=1, retain=True)
         _log.info("uplink_connected", host=self.broker.host, resending=len(self.window))
         now = time.monotonic()

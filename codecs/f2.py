@@ -7,6 +7,7 @@ or ``J1``..``J4``; MAC case-insensitive, stored lower case; device id ``f2-<mac>
   raw binary when the pin's template says ``payload = "binary"``; the bytes are cut by the
   template the registry attaches to (MAC, connector, pin N).
 - strike, door sensors, reader, exit buttons, motion, siren, status: JSON to measurements
+  (a strike command seen on the bus, ``{"power-flag": .., "period": ..}``, yields nothing)
   (booleans and enumerations as numbers, the mapping declared below); a card read is an
   event. A field that cannot be read is an error for that field; the rest still decode.
 """
@@ -234,6 +235,10 @@ def _fields(t: F2Topic, doc: Mapping[str, Any], time: datetime,
 
 
 def _strike(t: F2Topic, doc: Mapping[str, Any], time: datetime) -> Decoded:
+    if "power-flag" in doc and "state" not in doc:
+        # A strike *command* ({"power-flag": 2, "period": 3}) on the bus, e.g. the gateway's
+        # own downlink on cmnd/...: not a report, nothing to record.
+        return [], []
     return _fields(t, doc, time, {"state": (_enum(STRIKE_STATES), None),
                                   "voltage": (_number, "V"), "current": (_number, "A")},
                    required=("state",))

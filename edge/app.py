@@ -1,7 +1,7 @@
 """The concrete actor graphs: which actors a gateway and a receiver run, in what order.
 
 Start order follows the data backwards, so nothing flows before its destination is up:
-buffer, decoder, uplink, then the source. Stop runs the other way: the source stops
+buffer, commands, decoder, uplink, then the source. Stop runs the other way: the source stops
 taking messages first, the buffer closes last.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.actors.buffer import Buffer
+from edge.actors.commands import CommandRouter
 from edge.actors.decoder import Decoder
 from edge.actors.receiver import UplinkReceiver
 from edge.actors.source import MqttSource
@@ -34,9 +35,12 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
     client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
     return [
         ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy)),
-        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer",)),
+        ActorSpec("commands", lambda ctx: CommandRouter.start(
+            ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
+            cfg.commands.offline_after_s), after=("buffer",)),
+        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer", "commands")),
         ActorSpec("uplink", lambda ctx: Uplink.start(ctx, cfg.central_broker, cfg.uplink, gw),
-                  after=("buffer",)),
+                  after=("buffer", "commands")),
         ActorSpec("source", lambda ctx: MqttSource.start(ctx, cfg.site_broker, cfg.source, client_id),
                   after=("decoder", "uplink")),
     ]

@@ -206,6 +206,16 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """[commands] Downlink commands: stored here, delivered to online devices before
+    their deadline. A device is offline after ``offline_after_s`` without a message
+    (protocols.md: 2 x max(send interval, hello interval))."""
+
+    path: str = "/var/lib/edge/commands.db"
+    offline_after_s: float = _checked(60.0, _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiverConfig:
     """[receiver] The server's end of the uplink: shared subscription, single-node store."""
 
@@ -229,6 +239,7 @@ class Config:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
 
 ENV_PREFIX = "EDGE_"

@@ -54,6 +54,7 @@ class Site:
             "central_broker": {"port": self.central_port, "client_id": f"{self.name}-uplink"},
             "decoder": {"registry": str(REPO / "fixtures" / "registry.toml")},
             "buffer": {"path": str(self.buffer_db)},
+            "commands": {"path": str(self.tmp / "commands.db")},
             "uplink": {"heartbeat_s": 2.0, "confirm_timeout_s": 5.0},
             "source": {"ack_timeout_s": 10.0},
         }

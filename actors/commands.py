@@ -1,0 +1,216 @@
+"""CommandRouter: downlink commands from the server to the site's devices.
+
+Commands arrive on ``edge/<gateway>/down`` (the uplink forwards them) as JSON::
+
+    {"cmd_id": "<uuid>", "device_id": "pm-dc-0001", "deadline": "2026-07-26T10:05:00Z",
+     "kind": "v2", "cmd": "update_config", "params": {...}}
+    {"cmd_id": "<uuid>", "device_id": "f2-e4fd45f654be", "deadline": "...", "kind": "f2",
+     "topic": "cmnd/f2-e4fd45f654be/access-control-mode/J1/strike-1",
+     "payload": {"power-flag": 2, "period": 3}}
+
+Each is stored in SQLite (it survives a restart), and delivered when its device is online
+(a v2 device: seen within 2 x max(send interval, hello interval), not offline by status or
+Last Will; an F2 controller: seen within the same window) and the deadline has not passed.
+It is published at QoS 1 with an MQTT v5 Message Expiry Interval ending at the deadline,
+so no broker queue can hand it over late. A command never delivered before its deadline
+is answered ``expired`` upstream (a ``CommandAck`` event with priority); the device's own
+ack travels up with priority through the decoder and closes the command here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import Counter, Gauge
+
+from edge import log
+from edge.actor import ActorContext, EdgeActor
+from edge.actors.buffer import PRIORITY_HIGH, Entry, StoreLocal
+from edge.codecs.records import CommandAck, iso
+from edge.codecs.uplink import to_wire
+from edge.config import MqttConfig
+from edge.mqtt import jittered_backoff, make_client
+
+_log = log.get(__name__)
+
+RECEIVED = Counter("edge_commands_received", "Downlink commands received", ["kind"])
+DELIVERED = Counter("edge_commands_delivered", "Commands published to their device")
+EXPIRED = Counter("edge_commands_expired", "Commands whose deadline passed before delivery")
+INVALID = Counter("edge_commands_invalid", "Downlink messages that are not a valid command")
+PENDING = Gauge("edge_commands_pending", "Commands stored and not yet delivered")
+ONLINE = Gauge("edge_devices_online", "Devices seen within the offline window")
+
+DEFAULT_OFFLINE_AFTER_S = 2 * max(10, 30)  # protocols.md: 2 x max(send 10 s, hello 30 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Downlink:
+    """From the uplink: a payload received on edge/<gateway>/down."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """From the decoder, once per batch: device -> (last seen epoch s, status or None)."""
+
+    seen: dict[str, tuple[float, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAck:
+    """From the decoder: a device acknowledged a command."""
+
+    cmd_id: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+class CommandRouter(EdgeActor):
+    def __init__(self, ctx: ActorContext, broker: MqttConfig, client_id: str, path: str,
+                 offline_after_s: float = DEFAULT_OFFLINE_AFTER_S, buffer: str = "buffer") -> None:
+        super().__init__(ctx)
+        self.broker, self.client_id, self.path = broker, client_id, path
+        self.offline_after_s, self.buffer = offline_after_s, buffer
+        self.presence: dict[str, tuple[float, str | None]] = {}
+        self.conn: sqlite3.Connection | None = None
+        self.client: mqtt.Client | None = None
+        self.connected = threading.Event()
+        self.stop_ticker = threading.Event()
+
+    def on_start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS commands (cmd_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
+            "deadline REAL NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+            "state TEXT NOT NULL, received_at REAL NOT NULL, delivered_at REAL, result TEXT)")
+        client = make_client(self.broker, self.client_id)
+        jittered_backoff(client, 0.5, 30)
+        client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self.connected.set()
+        client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
+        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s)
+        client.loop_start()
+        self.client = client
+        threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
+        self._publish_gauges()
+
+    def close(self) -> None:
+        self.stop_ticker.set()
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _tick(self) -> None:
+        while not self.stop_ticker.wait(1.0):
+            self.ctx.handle.tell(_Tick())
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case Downlink(payload):
+                self._accept(payload)
+                self._route()
+            case Presence(seen):
+                for device, (at, status) in seen.items():
+                    _, old_status = self.presence.get(device, (0.0, None))
+                    self.presence[device] = (at, status if status is not None else
+                                             (None if old_status == "offline" else old_status))
+                self._route()
+            case DeviceAck(cmd_id, result):
+                assert self.conn is not None
+                self.conn.execute("UPDATE commands SET state = 'acked', result = ? WHERE cmd_id = ?",
+                                  (result, cmd_id))
+            case _Tick():
+                self._route()
+            case _:
+                raise TypeError(f"command router got an unknown message {message!r}")
+        return None
+
+    def online(self, device: str, now: float) -> bool:
+        at, status = self.presence.get(device, (0.0, None))
+        return status != "offline" and now - at <= self.offline_after_s
+
+    def _accept(self, payload: bytes) -> None:
+        assert self.conn is not None
+        try:
+            doc = json.loads(payload)
+            cmd_id, device, kind = str(doc["cmd_id"]), str(doc["device_id"]), doc["kind"]
+            deadline = datetime.fromisoformat(doc["deadline"]).timestamp()
+            if kind == "v2":
+                topic = f"iot/{device}/command"
+                body = {"v": 2, "cmd_id": cmd_id, "ts": iso(datetime.now(UTC)), "cmd": doc["cmd"],
+                        "params": doc.get("params", {})}
+            elif kind == "f2":
+                topic = str(doc["topic"])
+                if not topic.startswith(f"cmnd/{device}/"):
+                    raise ValueError(f"F2 command topic {topic!r} is not under cmnd/{device}/")
+                body = doc["payload"]
+            else:
+                raise ValueError(f"kind {kind!r} is not v2 or f2")
+        except (ValueError, KeyError, TypeError) as exc:
+            INVALID.inc()
+            _log.warning("command_invalid", error=str(exc), payload=payload[:200])
+            return
+        RECEIVED.labels(kind).inc()
+        self.conn.execute("INSERT OR IGNORE INTO commands (cmd_id, device_id, deadline, topic, payload, "
+                          "state, received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                          (cmd_id, device, deadline, topic, json.dumps(body).encode(), time.time()))
+        _log.info("command_received", cmd_id=cmd_id, device=device, kind=kind)
+
+    def _route(self) -> None:
+        assert self.conn is not None
+        now = time.time()
+        for cmd_id, device, deadline, topic, payload in self.conn.execute(
+                "SELECT cmd_id, device_id, deadline, topic, payload FROM commands "
+                "WHERE state = 'pending' ORDER BY received_at").fetchall():
+            if now >= deadline:
+                self._expire(cmd_id, device, now)
+            elif self.online(device, now) and self.connected.is_set() and self.client is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, int(deadline - now))
+                self.client.publish(topic, payload, qos=1, properties=props)
+                self.conn.execute("UPDATE commands SET state = 'delivered', delivered_at = ? "
+                                  "WHERE cmd_id = ?", (now, cmd_id))
+                DELIVERED.inc()
+                _log.info("command_delivered", cmd_id=cmd_id, device=device, topic=topic)
+        self._publish_gauges()
+
+    def _expire(self, cmd_id: str, device: str, now: float) -> None:
+        assert self.conn is not None
+        ack = CommandAck(datetime.fromtimestamp(now, UTC), device, None, None, cmd_id, "expired",
+                         "deadline passed before the device could be reached")
+        self.send(self.buffer, StoreLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),)))
+        self.conn.execute("UPDATE commands SET state = 'expired', result = 'expired' WHERE cmd_id = ?",
+                          (cmd_id,))
+        EXPIRED.inc()
+        _log.warning("command_expired", cmd_id=cmd_id, device=device)
+
+    def _publish_gauges(self) -> None:
+        assert self.conn is not None
+        PENDING.set(self.conn.execute("SELECT count(*) FROM commands WHERE state = 'pending'").fetchone()[0])
+        now = time.time()
+        ONLINE.set(sum(1 for d in self.presence if self.online(d, now)))
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running", "broker_connected": self.connected.is_set()}

@@ -1,0 +1,214 @@
+"""Gateway benchmark with the real brokers of scripts/services (start them first):
+
+    scripts/services up && .venv/bin/python bench/gateway.py [--messages 50000] [--backlog 100000]
+
+Prints, in one run so the figures compare:
+1. baseline: a bare paho-mqtt subscriber draining N queued QoS 1 messages (manual acks);
+2. ingest: the gateway draining the same N queued messages into the buffer (committed,
+   then acked), power-safe durability, and its ratio to the baseline;
+3. drain: records/s the receiver confirms from a backlog of --backlog records;
+4. latency device -> store at 1,000 msg/s: p50 and p99;
+5. the gateway's RSS after the ingest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from harness import Site, services, wait_until  # noqa: E402
+
+from edge.config import MqttConfig  # noqa: E402
+from edge.mqtt import connect_properties, make_client  # noqa: E402
+
+SITE, CENTRAL = 18831, 18832
+
+
+def queue_messages(client_id: str, n: int, topic_fmt: str = "iot/pm-{:04d}/telemetry") -> None:
+    """Create a persistent session for client_id, go away, publish n v2 messages for it."""
+    sub = make_client(MqttConfig(port=SITE), client_id)
+    done = threading.Event()
+    sub.on_connect = lambda c, u, f, rc, p: (c.subscribe("iot/+/telemetry", qos=1), done.set())
+    sub.connect("127.0.0.1", SITE, clean_start=False, properties=connect_properties(3600))
+    sub.loop_start()
+    done.wait(10)
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+    pub = make_client(MqttConfig(port=SITE), f"pub-{uuid.uuid4().hex[:8]}")
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", SITE)
+    pub.loop_start()
+    seqs: dict[int, int] = {}
+    infos = []
+    for i in range(n):
+        dev = i % 100
+        seq = seqs[dev] = seqs.get(dev, -1) + 1
+        ts = datetime.fromtimestamp(1.7e9 + i / 1000, UTC).isoformat().replace("+00:00", "Z")
+        doc = {"v": 2, "device_id": f"pm-{dev:04d}", "ts": ts, "seq": seq, "msg_type": "telemetry",
+               "measurements": [{"type": "voltage_dc", "val": 750.0 + i % 50, "unit": "V"},
+                                {"type": "current_dc", "val": 300.0, "unit": "A"}]}
+        infos.append(pub.publish(topic_fmt.format(dev), json.dumps(doc), qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def baseline(n: int) -> float:
+    client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
+    queue_messages(client_id, n)
+    client = make_client(MqttConfig(port=SITE), client_id, manual_ack=True)
+    got = 0
+    done = threading.Event()
+    mids: list[int] = []
+    lock = threading.Lock()
+
+    def on_message(c, u, m):
+        nonlocal got
+        with lock:
+            mids.append(m.mid)
+            got += 1
+            if len(mids) >= 100:
+                for mid in mids:
+                    c.ack(mid, 1)
+                mids.clear()
+            if got >= n:
+                for mid in mids:
+                    c.ack(mid, 1)
+                done.set()
+
+    client.on_message = on_message
+    began = time.monotonic()
+    client.connect("127.0.0.1", SITE, clean_start=False,
+                   properties=connect_properties(3600, 1000))
+    client.loop_start()
+    done.wait(300)
+    took = time.monotonic() - began
+    client.disconnect()
+    client.loop_stop()
+    return got / took
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--latency-seconds", type=float, default=15)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    name = f"bench{uuid.uuid4().hex[:6]}"
+    site = Site(tmp, name, SITE, CENTRAL)
+    try:
+        run(site, name, args)
+    finally:
+        site.stop_all()
+
+
+def run(site: Site, name: str, args: argparse.Namespace) -> None:
+    bare = baseline(args.messages)
+    print(f"{'baseline: bare paho subscriber, queued QoS 1 drain':<58} {bare:>10,.0f} msgs/s")
+
+    # Ingest: the same queued traffic into the gateway (receiver off: nothing drains).
+    gw = site.start("gateway")
+    site.kill("gateway", signal.SIGTERM)
+    queue_messages(f"{name}-source", args.messages)
+    began = time.monotonic()
+    gw = site.start("gateway")
+    wait_until(lambda: site.metrics()["edge_source_messages_acked_total"] >= args.messages, 600,
+               "ingest", interval=0.05)
+    ingest = args.messages / (time.monotonic() - began)
+    rss = rss_mb(gw.pid)
+    print(f"{'ingest: site broker -> buffer committed and acked':<58} {ingest:>10,.0f} msgs/s "
+          f"({ingest / bare:.2f}x baseline; target >= 8,000 and >= 0.8x)")
+    print(f"{'gateway RSS after ingest':<58} {rss:>10.1f} MB (target <= 50)")
+
+    # Drain: top the backlog up to --backlog records, then let the receiver take it.
+    depth = site.metrics()["edge_buffer_depth_records"]
+    more = max(0, (args.backlog - int(depth)) // 2)
+    if more:
+        site.kill("gateway", signal.SIGTERM)
+        queue_messages(f"{name}-source", more)
+        site.start("gateway")
+        wait_until(lambda: site.metrics()["edge_buffer_depth_records"] >= depth + 2 * more, 600,
+                   "backlog", interval=0.1)
+    backlog = site.metrics()["edge_buffer_depth_records"]
+    began = time.monotonic()
+    site.start("receiver")
+    wait_until(lambda: site.metrics()["edge_buffer_depth_records"] == 0, 900, "drain", interval=0.1)
+    drain = backlog / (time.monotonic() - began)
+    print(f"{'drain: backlog confirmed by the receiver':<58} {drain:>10,.0f} records/s "
+          f"({backlog:,.0f} records; target >= 50,000)")
+
+    # Latency: paced 1,000 msg/s, wall-clock timestamps, store polled every 2 ms.
+    lat = latency(site, args.latency_seconds)
+    print(f"{'latency device -> store at 1,000 msg/s, p50':<58} {lat[0]:>10.1f} ms")
+    print(f"{'latency device -> store at 1,000 msg/s, p99':<58} {lat[1]:>10.1f} ms (target <= 100)")
+
+
+def latency(site: Site, seconds: float) -> tuple[float, float]:
+    pub = make_client(MqttConfig(port=SITE), f"lat-{uuid.uuid4().hex[:6]}")
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", SITE)
+    pub.loop_start()
+    sent: dict[str, float] = {}
+    conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True, check_same_thread=False)
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def poll():
+        last = conn.execute("SELECT max(rowid) FROM iot_measurements").fetchone()[0] or 0
+        while not stop.is_set() or len(seen) < len(sent):
+            for rowid, device, ts in conn.execute(
+                    "SELECT rowid, device_id, time FROM iot_measurements WHERE rowid > ? "
+                    "AND device_id LIKE 'lat-%'", (last,)):
+                last = max(last, rowid)
+                seen.setdefault(ts, time.monotonic())
+            if stop.is_set() and time.monotonic() - stopped_at > 10:
+                break
+            time.sleep(0.002)
+
+    stopped_at = 0.0
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    n = int(seconds * 1000)
+    began = time.monotonic()
+    for i in range(n):
+        ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        topic = f"homelab/latency/lat-{i % 10}"
+        sent[ts] = time.monotonic()
+        pub.publish(topic, json.dumps({"timestamp": ts, "power_kw": 1.0}), qos=1)
+        delay = began + (i + 1) / 1000 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    stopped_at = time.monotonic()
+    stop.set()
+    poller.join(30)
+    pub.disconnect()
+    pub.loop_stop()
+    ms = sorted((seen[t] - sent[t]) * 1000 for t in sent if t in seen)
+    if len(ms) < len(sent):
+        print(f"  (latency: {len(sent) - len(ms)} of {len(sent)} not seen in the store)")
+    return statistics.median(ms), ms[int(len(ms) * 0.99) - 1]
+
+
+if __name__ == "__main__":
+    main()
