@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from edge import log, metrics
+from edge import log, metrics, systemd
 from edge.actor import ActorContext, ActorHandle, Ping
 from edge.config import Config, SupervisionConfig
 from edge.errors import CrashLoopError, RuntimeFailure, StartupError
@@ -133,6 +133,13 @@ class Runtime:
         ok = self.failure is None and all(state == "running" for state in actors.values())
         return {"status": "ok" if ok else "degraded", "actors": actors}
 
+    def all_answer(self, timeout: float) -> bool:
+        """Every actor answers a ping within ``timeout``: the runtime is not wedged."""
+        try:
+            return all(h.ask(Ping(), timeout=timeout) is not None for h in self.handles.values())
+        except Exception:  # noqa: BLE001 - any failure to answer is a missed heartbeat
+            return False
+
     def request_stop(self) -> None:
         self._done.set()
 
@@ -149,10 +156,17 @@ class Runtime:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda signum, frame: self.request_stop())
         self.start()
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval()
+        next_ping = time.monotonic()
         try:
             while not self._done.wait(0.5):
-                pass
+                if interval and time.monotonic() >= next_ping:
+                    next_ping = time.monotonic() + interval
+                    if self.all_answer(timeout=interval / 2):
+                        systemd.notify("WATCHDOG=1")
         finally:
+            systemd.notify("STOPPING=1")
             _log.info("runtime_stopping", reason=str(self.failure) if self.failure else "signal")
             self.stop()
         return EXIT_CRASH_LOOP if self.failure else EXIT_OK

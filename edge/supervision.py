@@ -163,15 +163,24 @@ class Supervisor:
         name = child.handle.name
         child.restart_at = None
         ref = None
+        with self._lock:
+            child.reported = False
         try:
             ref = child.start()
             ref.ask(Ping(), timeout=self._ping_timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure to come up is another crash
             if ref is not None:
                 ref.stop(block=False)
-            child.last_error = f"restart failed: {exc!r}"
-            child.reported = True
-            ACTOR_ERRORS.labels(name).inc()
+            # pykka marks a failing actor dead before its on_failure reports why: give the
+            # report a moment, so the log names the actor's own error, not the dead ping.
+            deadline = time.monotonic() + 0.5
+            while not child.reported and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with self._lock:
+                if not child.reported:
+                    child.last_error = f"restart failed: {exc!r}"
+                    ACTOR_ERRORS.labels(name).inc()
+                child.reported = True
             self._on_death(child, self._clock())
             return
         child.handle.bind(ref)

@@ -127,3 +127,30 @@ def test_an_actor_that_cannot_start_ends_the_process_with_its_name():
     assert proc.returncode == EXIT_CRASH_LOOP
     assert "edge: actor 'bad' did not start" in err.strip().splitlines()[-1]
     assert "stopped store" in out  # what had started was stopped
+
+
+def test_under_systemd_the_runtime_reports_ready_watchdog_and_stopping(tmp_path):
+    import os
+    import socket
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen([sys.executable, str(APP), "drain", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # WATCHDOG_PID is unset: the watchdog is for this process, pinged every 0.5 s.
+    got = [sock.recv(100).decode() for _ in range(3)]
+    assert got[0] == "READY=1" and got[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    rest = []
+    sock.settimeout(1)
+    try:
+        while True:
+            rest.append(sock.recv(100).decode())
+    except TimeoutError:
+        pass
+    assert rest[-1] == "STOPPING=1"
+    sock.close()
