@@ -306,6 +306,42 @@ class BufferDB:
         # Rows of other classes between first and last stay: the DELETE names the class.
         return first, last, count, freed
 
+    def expire(self, ttl_s: float) -> int:
+        """Delete telemetry stored more than ``ttl_s`` ago (wall clock: off by default, as a
+        Pi's clock jumps at boot); count it as dropped and store a gap record for it."""
+        if ttl_s <= 0:
+            return 0
+        now = self.clock()
+        cutoff = now - ttl_s
+        first, last, count, size = self.conn.execute(
+            "SELECT min(seq), max(seq), count(*), coalesce(sum(size), 0) FROM records "
+            "WHERE priority = ? AND stored_at < ?", (PRIORITY_TELEMETRY, cutoff)).fetchone()
+        if not count:
+            return 0
+        gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
+        seq = self.next_seq
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ?",
+                         (PRIORITY_TELEMETRY, cutoff))
+            conn.execute("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
+            self._set_meta(next_seq=seq + 1, dropped_total=self.dropped_total + count)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.next_seq = seq + 1
+        self.dropped_total += count
+        self.depth += 1 - count
+        self.bytes += len(gap) + ROW_OVERHEAD - size
+        DROPPED.inc(count)
+        self._publish()
+        _log.warning("buffer_expired", records=count, ttl_s=ttl_s, first_seq=first, last_seq=last)
+        return count
+
     # -- leasing
     def lease(self, max_records: int) -> Leased | None:
         """The oldest unleased rows, class 0 first; all of one boot epoch."""
@@ -366,19 +402,23 @@ class BufferDB:
         self.conn.close()
 
 
-def gap_record(now: float, first: int, last: int, count: int) -> list[Any]:
+def gap_record(now: float, first: int, last: int, count: int, reason: str = "quota") -> list[Any]:
     """The wire form of a gap record: telemetry sequences first..last, ``count`` dropped."""
-    return to_wire(Gap(datetime.fromtimestamp(now, UTC), first, last, count, "quota"))
+    return to_wire(Gap(datetime.fromtimestamp(now, UTC), first, last, count, reason))
 
 
 # ----------------------------------------------------------------------------- actor
 class Buffer(EdgeActor):
     """The buffer actor. Talks to ``source`` (Committed) and ``uplink`` (Leased)."""
 
+    EXPIRE_EVERY_S = 10.0
+
     def __init__(self, ctx: ActorContext, path: str, durability: str, quota_bytes: int,
-                 policy: str, source: str = "source", uplink: str = "uplink") -> None:
+                 policy: str, ttl_s: float = 0.0, source: str = "source", uplink: str = "uplink") -> None:
         super().__init__(ctx)
         self.args = (path, durability, quota_bytes, policy)
+        self.ttl_s = ttl_s
+        self.next_expiry = 0.0
         self.source, self.uplink = source, uplink
         self.db: BufferDB | None = None
         self.waiting: int | None = None  # a lease request we could not answer yet
@@ -395,6 +435,9 @@ class Buffer(EdgeActor):
     def handle(self, message: Any) -> Any:
         db = self.db
         assert db is not None
+        if self.ttl_s and time.monotonic() >= self.next_expiry:
+            self.next_expiry = time.monotonic() + self.EXPIRE_EVERY_S
+            db.expire(self.ttl_s)
         match message:
             case Store(entries, mids, generation, batch, seq_state):
                 problem = db.check_order(generation, batch)

@@ -34,7 +34,8 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
     b, gw = cfg.buffer, cfg.node.id
     client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
     return [
-        ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy)),
+        ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy,
+                                                           b.ttl_s)),
         ActorSpec("commands", lambda ctx: CommandRouter.start(
             ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
             cfg.commands.offline_after_s), after=("buffer",)),

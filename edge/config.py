@@ -183,13 +183,15 @@ class BufferConfig:
     already told were safe).
     policy when ``quota_bytes`` is reached: ``reject`` (stop acking the site broker, which
     keeps the messages: back-pressure) or ``drop-oldest`` (delete the oldest telemetry,
-    count it, send a gap record upstream).
+    count it, send a gap record upstream). ``ttl_s`` > 0 also drops telemetry older than
+    that (by wall clock, which jumps on a Pi at boot: off by default).
     """
 
     path: str = "/var/lib/edge/buffer.db"
     durability: Literal["power-safe", "crash-safe"] = "power-safe"
     quota_bytes: int = _checked(1024**3, _check_positive)
     policy: Literal["reject", "drop-oldest"] = "reject"
+    ttl_s: float = _checked(0.0, _check_non_negative)  # 0: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,3 +108,22 @@ def test_a_corrupt_database_is_moved_aside_and_reported_never_deleted(tmp_path):
     assert fresh.moved_aside.read_bytes()[:16] == bytes(raw[:16])  # the evidence is kept
     assert fresh.depth == 0
     fresh.close()
+
+
+def test_ttl_drops_old_telemetry_with_a_gap_and_keeps_events(tmp_path):
+    now = [1000.0]
+    db = BufferDB(str(tmp_path / "b.db"), clock=lambda: now[0])
+    db.store(entries(3), {}, 1, 1)  # seqs 1..3 at t=1000
+    db.store(entries(1, PRIORITY_HIGH), {}, 1, 2)  # seq 4, an event
+    now[0] = 1100.0
+    db.store(entries(2), {}, 1, 3)  # seqs 5, 6 at t=1100
+    assert db.expire(0) == 0  # off
+    now[0] = 1150.0
+    assert db.expire(120) == 3
+    left = [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")]
+    assert left == [4, 5, 6, 7]  # 7 is the gap record
+    (gap,) = uplink.decode(uplink.encode_packed("gw", 1, [7], [db.conn.execute(
+        "SELECT body FROM records WHERE seq = 7").fetchone()[0]])).records
+    assert (gap.first_seq, gap.last_seq, gap.count, gap.reason) == (1, 3, 3, "ttl")
+    assert db.dropped_total == 3 and db.depth == 4
+    db.close()
