@@ -368,23 +368,21 @@ class BufferDB:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            removed, size = 0, 0
+            sizes: list[int] = []
             for chunk in range(0, len(seqs), 500):
                 part = seqs[chunk:chunk + 500]
-                marks = ",".join("?" * len(part))
-                n, s = conn.execute(f"SELECT count(*), coalesce(sum(size), 0) FROM records "
-                                    f"WHERE seq IN ({marks})", part).fetchone()
-                conn.execute(f"DELETE FROM records WHERE seq IN ({marks})", part)
-                removed, size = removed + n, size + s
+                sizes += [r[0] for r in conn.execute(
+                    f"DELETE FROM records WHERE seq IN ({','.join('?' * len(part))}) RETURNING size",
+                    part)]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.depth -= removed
-        self.bytes -= size
-        CONFIRMED.inc(removed)
+        self.depth -= len(sizes)
+        self.bytes -= sum(sizes)
+        CONFIRMED.inc(len(sizes))
         self._publish()
-        return removed
+        return len(sizes)
 
     # -- reading
     def seq_state(self) -> dict[str, tuple[int, str | None]]:

@@ -124,7 +124,7 @@ class CommandRouter(EdgeActor):
 
     def _tick(self) -> None:
         while not self.stop_ticker.wait(1.0):
-            self.ctx.handle.tell(_Tick())
+            self.tell_self(_Tick())
 
     def handle(self, message: Any) -> Any:
         match message:

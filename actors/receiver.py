@@ -12,6 +12,7 @@ not confirmed: the gateway sends it again from its buffer.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,8 @@ WRITE_SECONDS = Histogram("edge_receiver_store_write_seconds", "Time to store on
 
 
 @dataclass(frozen=True, slots=True)
-class _Frame:
-    mid: int
-    topic: str
-    payload: bytes
+class _Frames:
+    """Wake-up: frames are waiting in ``pending``."""
 
 
 class UplinkReceiver(EdgeActor):
@@ -47,12 +46,14 @@ class UplinkReceiver(EdgeActor):
         super().__init__(ctx)
         self.broker, self.cfg, self.store, self.client_id = broker, cfg, store, client_id
         self.client: mqtt.Client | None = None
+        self.lock = threading.Lock()
+        self.pending: list[tuple[int, str, bytes]] = []
 
     def on_start(self) -> None:
         client = make_client(self.broker, self.client_id, manual_ack=True)
         jittered_backoff(client, 0.5, 30)
         client.on_connect = self._on_connect
-        client.on_message = lambda c, u, m: self.ctx.handle.tell(_Frame(m.mid, m.topic, m.payload))
+        client.on_message = self._on_message
         client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
                              clean_start=False, properties=connect_properties(7 * 86_400, 100))
         client.loop_start()
@@ -70,33 +71,50 @@ class UplinkReceiver(EdgeActor):
             client.subscribe(f"$share/{self.cfg.share_group}/edge/+/up", qos=1)
             _log.info("receiver_connected", host=self.broker.host, group=self.cfg.share_group)
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            wake = not self.pending
+            self.pending.append((message.mid, message.topic, message.payload))
+        if wake:
+            self.tell_self(_Frames())
+
     def handle(self, message: Any) -> Any:
         match message:
-            case _Frame(mid, topic, payload):
-                self._frame(mid, topic, payload)
+            case _Frames():
+                with self.lock:
+                    waiting, self.pending = self.pending, []
+                if waiting:
+                    self._frames(waiting)
             case _:
                 raise TypeError(f"receiver got an unknown message {message!r}")
         return None
 
-    def _frame(self, mid: int, topic: str, payload: bytes) -> None:
+    def _frames(self, waiting: list[tuple[int, str, bytes]]) -> None:
+        """Everything that arrived since the last commit, in ONE transaction."""
         assert self.client is not None
-        gateway = topic.split("/")[1] if topic.count("/") == 2 else ""
-        try:
-            batch = frames.decode(payload)
-            if batch.gateway_id != gateway:
-                raise UplinkFrameError(f"frame of gateway {batch.gateway_id!r} on {topic}",
-                                       reason="gateway_mismatch", field="gateway")
-        except UplinkFrameError as exc:
-            REJECTED.labels(exc.reason).inc()
-            _log.warning("frame_rejected", topic=topic, reason=exc.reason, detail=exc.describe())
-            self.store.reject(topic, payload, exc.reason, exc.describe())
-            self.client.ack(mid, 1)
+        good: list[tuple[int, str, frames.Batch]] = []
+        for mid, topic, payload in waiting:
+            gateway = topic.split("/")[1] if topic.count("/") == 2 else ""
+            try:
+                batch = frames.decode(payload)
+                if batch.gateway_id != gateway:
+                    raise UplinkFrameError(f"frame of gateway {batch.gateway_id!r} on {topic}",
+                                           reason="gateway_mismatch", field="gateway")
+            except UplinkFrameError as exc:
+                REJECTED.labels(exc.reason).inc()
+                _log.warning("frame_rejected", topic=topic, reason=exc.reason, detail=exc.describe())
+                self.store.reject(topic, payload, exc.reason, exc.describe())
+                self.client.ack(mid, 1)
+                continue
+            good.append((mid, gateway, batch))
+        if not good:
             return
         with WRITE_SECONDS.time():
-            self.store.write(batch)  # durable on return; an exception crashes us unacked
-        self.client.ack(mid, 1)
-        FRAMES.inc()
-        RECORDS.inc(len(batch.records))
-        ack = {"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
-               "count": len(batch.records), "status": "ok"}
-        self.client.publish(f"edge/{gateway}/ack", json.dumps(ack), qos=1)
+            self.store.write([b for _, _, b in good])  # durable on return; raising = unacked
+        for mid, gateway, batch in good:
+            self.client.ack(mid, 1)
+            FRAMES.inc()
+            RECORDS.inc(len(batch.records))
+            ack = {"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
+                   "count": len(batch.records), "status": "ok"}
+            self.client.publish(f"edge/{gateway}/ack", json.dumps(ack), qos=1)

@@ -156,7 +156,7 @@ class MqttSource(EdgeActor):
                 late = oldest is not None and time.monotonic() - oldest > self.cfg.ack_timeout_s
                 if late and not self.reconnect_requested:
                     self.reconnect_requested = True
-                    self.ctx.handle.tell(_Reconnect(f"no commit within {self.cfg.ack_timeout_s:g} s"))
+                    self.tell_self(_Reconnect(f"no commit within {self.cfg.ack_timeout_s:g} s"))
 
     # -- actor thread
     def handle(self, message: Any) -> Any:

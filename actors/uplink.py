@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
@@ -40,6 +40,8 @@ RECORDS_CONFIRMED = Counter("edge_uplink_records_confirmed", "Records the server
 BAD_ACKS = Counter("edge_uplink_bad_confirmations", "Confirmations that matched no frame in the window")
 CONNECTED = Gauge("edge_uplink_connected", "1 while connected to the central broker")
 WINDOW = Gauge("edge_uplink_window_frames", "Frames sent and not yet confirmed")
+CONFIRM_SECONDS = Histogram("edge_uplink_confirm_seconds", "From a frame's (last) send to its confirmation",
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +93,8 @@ class Uplink(EdgeActor):
         client = make_client(self.broker, self.broker.client_id or f"edge-{self.gateway_id}-uplink")
         client.will_set(self.topic_status, self._status("offline"), qos=1, retain=True)
         jittered_backoff(client, 0.5, 30)
-        client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self.ctx.handle.tell(_Connected())
-        client.on_disconnect = lambda c, u, f, rc, p: self.ctx.handle.tell(_Disconnected())
+        client.on_connect = self._on_connect
+        client.on_disconnect = lambda c, u, f, rc, p: self.tell_self(_Disconnected())
         client.on_message = self._on_message
         client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
                              clean_start=False, properties=connect_properties(self.cfg.session_expiry_s))
@@ -110,16 +112,23 @@ class Uplink(EdgeActor):
             self.client = None
         CONNECTED.set(0)
 
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            _log.warning("uplink_connect_refused", host=self.broker.host, reason=str(reason))
+        else:
+            self.tell_self(_Connected())
+
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.topic_down:
             if "commands" in self.ctx.handles:
                 self.ctx.handles["commands"].tell(Downlink(message.payload))
         else:
-            self.ctx.handle.tell(_Ack(message.payload))
+            self.tell_self(_Ack(message.payload))
 
     def _tick(self) -> None:
         while not self.stop_ticker.wait(0.2):
-            self.ctx.handle.tell(_Tick())
+            self.tell_self(_Tick())
 
     def _status(self, state: str, **extra: Any) -> bytes:
         return json.dumps({"gateway_id": self.gateway_id, "status": state, "ts": time.time(),
@@ -194,6 +203,7 @@ class Uplink(EdgeActor):
             BAD_ACKS.inc()  # late duplicate of a confirmation, or a refusal: resend covers it
             return
         del self.window[key]
+        CONFIRM_SECONDS.observe(time.monotonic() - entry.sent_at)
         WINDOW.set(len(self.window))
         RECORDS_CONFIRMED.inc(len(entry.seqs))
         self.send(self.buffer, Confirm(entry.seqs))

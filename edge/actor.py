@@ -137,6 +137,17 @@ class EdgeActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.close()
 
+    def tell_self(self, message: Any) -> bool:
+        """Queue a message to this very instance, from any thread (I/O callbacks, tickers).
+
+        Never through ``ctx.handle``: the runtime binds the handle only after the start-up
+        ping, so a callback that fires during ``on_start`` would reach nobody."""
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
     def send(self, target: str | ActorHandle, message: Any) -> bool:
         """Tell another actor of the graph (by name or handle), counting the message."""
         handle = target if isinstance(target, ActorHandle) else self.ctx.handles[target]

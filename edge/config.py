@@ -199,7 +199,7 @@ class UplinkConfig:
     """[uplink] Batches to the central broker (``[central_broker]``) on edge/<node.id>/up."""
 
     batch_records: int = _checked(500, _check_positive)
-    window: int = _checked(4, _check_positive)
+    window: int = _checked(16, _check_positive)
     confirm_timeout_s: float = _checked(15.0, _check_positive)
     max_records_per_s: float = _checked(0.0, _check_non_negative)  # 0: no bound
     heartbeat_s: float = _checked(30.0, _check_positive)

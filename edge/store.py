@@ -25,8 +25,8 @@ from edge.codecs.uplink import Batch
 class RecordStore(Protocol):
     """Called from the receiver actor's thread only."""
 
-    def write(self, batch: Batch) -> None:
-        """Store every record of the batch durably (idempotently), or raise."""
+    def write(self, batches: list[Batch]) -> None:
+        """Store every record of the batches durably (idempotently), or raise."""
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
         """Keep a frame that could not be read, with why."""
@@ -58,18 +58,12 @@ class SqliteStore:
         db["rejected_frames"].create({"id": int, "received_at": float, "topic": str, "frame": bytes,
                                       "reason": str, "detail": str}, pk="id", if_not_exists=True)
 
-    def write(self, batch: Batch) -> None:
-        gw, boot = batch.gateway_id, batch.boot_epoch
-        measurements, others = [], {"events": [], "quarantine": [], "gaps": []}
-        for seq, r in zip(batch.seqs, batch.records, strict=True):
-            if type(r) is Measurement:
-                measurements.append((iso(r.time), r.device_id, r.connector_mode, r.connector,
-                                     r.pin_position, r.label, r.value, r.unit, r.topic, gw, boot, seq))
-            elif isinstance(r, Event | Quarantined | Gap):
-                table = "events" if isinstance(r, Event) else "quarantine" if type(r) is Quarantined else "gaps"
-                doc = r.to_json()
-                others[table].append((gw, boot, seq, doc["time"], doc["type"],
-                                      json.dumps(doc, ensure_ascii=False, default=str)))
+    def write(self, batches: list[Batch]) -> None:
+        """All the batches in one transaction: one fsync for everything waiting."""
+        measurements: list[tuple] = []
+        others: dict[str, list[tuple]] = {"events": [], "quarantine": [], "gaps": []}
+        for batch in batches:
+            self._rows(batch, measurements, others)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -85,6 +79,23 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _rows(batch: Batch, measurements: list[tuple], others: dict[str, list[tuple]]) -> None:
+        gw, boot = batch.gateway_id, batch.boot_epoch
+        times: dict[object, str] = {}
+        for seq, r in zip(batch.seqs, batch.records, strict=True):
+            if type(r) is Measurement:
+                t = times.get(r.time)
+                if t is None:
+                    t = times[r.time] = iso(r.time)
+                measurements.append((t, r.device_id, r.connector_mode, r.connector,
+                                     r.pin_position, r.label, r.value, r.unit, r.topic, gw, boot, seq))
+            elif isinstance(r, Event | Quarantined | Gap):
+                table = "events" if isinstance(r, Event) else "quarantine" if type(r) is Quarantined else "gaps"
+                doc = r.to_json()
+                others[table].append((gw, boot, seq, doc["time"], doc["type"],
+                                      json.dumps(doc, ensure_ascii=False, default=str)))
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
         with self.conn:

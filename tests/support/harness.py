@@ -88,6 +88,11 @@ class Site:
     def stop_all(self) -> None:
         for role in list(self.processes):
             self.kill(role, signal.SIGTERM)
+        # A persistent session outlives its test and queues every later test's traffic:
+        # remove this site's sessions from both brokers.
+        drop_session(self.site_port, f"{self.name}-source")
+        drop_session(self.central_port, f"{self.name}-uplink")
+        drop_session(self.central_port, f"{self.name}-receiver")
 
     def simulate(self, count: int, rate: float, kind: str = "mix", devices: int = 20,
                  malformed: float = 0.0, seed: int = 1) -> subprocess.Popen:
@@ -109,6 +114,21 @@ class Site:
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)
         return out
+
+
+def drop_session(port: int, client_id: str) -> None:
+    """Connect with clean start and session expiry 0: the broker forgets the session."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    try:
+        client.connect("127.0.0.1", port, clean_start=True)
+        client.loop_start()
+        time.sleep(0.2)
+        client.disconnect()
+        client.loop_stop()
+    except OSError:
+        pass  # a broker that is down keeps nothing of ours that matters to the next test
 
 
 def to_toml(sections: dict[str, dict]) -> str:
