@@ -21,7 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from edge import log
@@ -29,8 +30,8 @@ from edge.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Confirm, GetStats, Leased, LeaseRequest, Rewind
 from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
-from edge.config import MqttConfig, UplinkConfig
-from edge.mqtt import connect_properties, jittered_backoff, make_client
+from edge.config import UplinkConfig
+from edge.link import Link
 
 _log = log.get(__name__)
 
@@ -72,59 +73,45 @@ class _InFlight:
 
 
 class Uplink(EdgeActor):
-    def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: UplinkConfig, gateway_id: str,
-                 buffer: str = "buffer") -> None:
+    def __init__(self, ctx: ActorContext, link: Callable[[bytes], Link], cfg: UplinkConfig,
+                 gateway_id: str, buffer: str = "buffer") -> None:
         super().__init__(ctx)
-        self.broker, self.cfg, self.gateway_id, self.buffer = broker, cfg, gateway_id, buffer
-        base = f"edge/{gateway_id}"
-        self.topic_up, self.topic_ack, self.topic_status = f"{base}/up", f"{base}/ack", f"{base}/status"
-        self.topic_down = f"{base}/down"
+        self.make_link, self.cfg, self.gateway_id, self.buffer = link, cfg, gateway_id, buffer
         self.window: OrderedDict[tuple[int, int], _InFlight] = OrderedDict()
         self.requested = False
         self.connected = False
         self.next_allowed = 0.0
         self.last_heartbeat = 0.0
-        self.client: mqtt.Client | None = None
+        self.link: Link | None = None
         self.stop_ticker = threading.Event()
 
     def on_start(self) -> None:
         # Whatever an earlier instance had leased is unconfirmed: lease it all again.
         self.send(self.buffer, Rewind())
-        client = make_client(self.broker, self.broker.client_id or f"edge-{self.gateway_id}-uplink")
-        client.will_set(self.topic_status, self._status("offline"), qos=1, retain=True)
-        jittered_backoff(client, 0.5, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = lambda c, u, f, rc, p: self.tell_self(_Disconnected())
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                             clean_start=False, properties=connect_properties(self.cfg.session_expiry_s))
-        client.loop_start()
-        self.client = client
+        self.link = self.make_link(self._status("offline"))
+        self.link.start(self)
         threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
 
     def close(self) -> None:
         self.stop_ticker.set()
-        if self.client is not None:
-            if self.connected:
-                self.client.publish(self.topic_status, self._status("offline"), qos=1, retain=True)
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+        if self.link is not None:
+            self.link.stop(self._status("offline"))
+            self.link = None
         CONNECTED.set(0)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            _log.warning("uplink_connect_refused", host=self.broker.host, reason=str(reason))
-        else:
-            self.tell_self(_Connected())
+    # -- LinkEvents, from the link's threads
+    def link_up(self) -> None:
+        self.tell_self(_Connected())
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topic_down:
-            if "commands" in self.ctx.handles:
-                self.ctx.handles["commands"].tell(Downlink(message.payload))
-        else:
-            self.tell_self(_Ack(message.payload))
+    def link_down(self) -> None:
+        self.tell_self(_Disconnected())
+
+    def confirmation(self, payload: bytes) -> None:
+        self.tell_self(_Ack(payload))
+
+    def command(self, payload: bytes) -> None:
+        if "commands" in self.ctx.handles:
+            self.ctx.handles["commands"].tell(Downlink(payload))
 
     def _tick(self) -> None:
         while not self.stop_ticker.wait(0.2):
@@ -157,15 +144,14 @@ class Uplink(EdgeActor):
         return None
 
     def _on_connected(self) -> None:
-        assert self.client is not None
+        assert self.link is not None
         self.connected = True
         CONNECTED.set(1)
-        self.client.subscribe([(self.topic_ack, 1), (self.topic_down, 1)])
-        self.client.publish(self.topic_status, self._status("online"), qos=1, retain=True)
-        _log.info("uplink_connected", host=self.broker.host, resending=len(self.window))
+        self.link.publish_status(self._status("online"))
+        _log.info("uplink_connected", resending=len(self.window))
         now = time.monotonic()
         for entry in self.window.values():  # everything unconfirmed goes again
-            self.client.publish(self.topic_up, entry.frame, qos=1)
+            self.link.publish_frame(entry.frame)
             entry.sent_at = now
             FRAMES_RESENT.inc()
         self._request()
@@ -185,8 +171,8 @@ class Uplink(EdgeActor):
         WINDOW.set(len(self.window))
         if self.cfg.max_records_per_s:
             self.next_allowed = max(self.next_allowed, time.monotonic()) + len(seqs) / self.cfg.max_records_per_s
-        if self.connected and self.client is not None:
-            self.client.publish(self.topic_up, frame, qos=1)
+        if self.connected and self.link is not None:
+            self.link.publish_frame(frame)
             FRAMES_SENT.inc()
 
     def _confirmed(self, payload: bytes) -> None:
@@ -210,10 +196,10 @@ class Uplink(EdgeActor):
 
     def _on_tick(self) -> None:
         now = time.monotonic()
-        if self.connected and self.client is not None:
+        if self.connected and self.link is not None:
             for entry in self.window.values():
                 if now - entry.sent_at > self.cfg.confirm_timeout_s:
-                    self.client.publish(self.topic_up, entry.frame, qos=1)
+                    self.link.publish_frame(entry.frame)
                     entry.sent_at = now
                     FRAMES_RESENT.inc()
             if now - self.last_heartbeat >= self.cfg.heartbeat_s:
@@ -222,15 +208,14 @@ class Uplink(EdgeActor):
         self._request()
 
     def _heartbeat(self) -> None:
-        assert self.client is not None
+        assert self.link is not None
         try:
             stats = self.ctx.handles[self.buffer].ask(GetStats(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - a heartbeat says what it can
             stats = {"error": repr(exc)}
-        self.client.publish(self.topic_status, self._status(
+        self.link.publish_status(self._status(
             "online", buffer_depth=stats.get("depth"), oldest_age_s=stats.get("oldest_age_s"),
-            dropped_total=stats.get("dropped_total"), unconfirmed_frames=len(self.window)),
-            qos=1, retain=True)
+            dropped_total=stats.get("dropped_total"), unconfirmed_frames=len(self.window)))
 
     def health(self) -> dict[str, Any]:
         return {"state": "running", "connected": self.connected, "window": len(self.window)}

@@ -7,6 +7,7 @@ taking messages first, the buffer closes last.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.actors.buffer import Buffer
@@ -17,6 +18,7 @@ from edge.actors.source import MqttSource
 from edge.actors.uplink import Uplink
 from edge.config import Config
 from edge.errors import ConfigError, ConfigProblem
+from edge.link import Link, LocalLink, MqttLink
 from edge.runtime import ActorSpec
 from edge.store import SqliteStore
 
@@ -40,11 +42,20 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
             ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
             cfg.commands.offline_after_s), after=("buffer",)),
         ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer", "commands")),
-        ActorSpec("uplink", lambda ctx: Uplink.start(ctx, cfg.central_broker, cfg.uplink, gw),
+        ActorSpec("uplink", lambda ctx: Uplink.start(ctx, uplink_link(cfg), cfg.uplink, gw),
                   after=("buffer", "commands")),
         ActorSpec("source", lambda ctx: MqttSource.start(ctx, cfg.site_broker, cfg.source, client_id),
                   after=("decoder", "uplink")),
     ]
+
+
+def uplink_link(cfg: Config) -> Callable[[bytes], Link]:
+    """The uplink's link factory: MQTT to the central broker, or the in-process receiver
+    of a single-node site (one store for every restart of the uplink)."""
+    if cfg.uplink.mode == "local":
+        store = SqliteStore(cfg.uplink.store_path, cfg.buffer.durability)
+        return lambda will: LocalLink(store)
+    return lambda will: MqttLink(cfg.central_broker, cfg.node.id, cfg.uplink.session_expiry_s, will)
 
 
 def receiver_specs(cfg: Config, store: SqliteStore) -> list[ActorSpec]:

@@ -216,6 +216,29 @@ def _buffer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge import demo
+
+    outage = None
+    if args.outage != "none":
+        try:
+            outage = demo.parse_outage(args.outage)
+        except ValueError as exc:
+            print(f"edge demo: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    registry = Path(args.registry) if args.registry else demo.REPO_REGISTRY
+    if not registry.exists():
+        print(f"edge demo: no registry at {registry}; pass --registry", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"edge demo: {args.devices} devices at {args.rate:g} msg/s for {args.duration:g} s"
+          + (f", uplink outage {outage[0]:g}-{outage[1]:g} s" if outage else "")
+          + f"; data in {args.data_dir}, log in {args.data_dir}/demo.log", flush=True)
+    return demo.run(args.duration, args.devices, args.rate, outage, Path(args.data_dir), registry,
+                    ui=not args.no_ui)
+
+
 def _version(args: argparse.Namespace) -> int:
     print(f"edge {__version__}")
     return EXIT_OK
@@ -276,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--limit", type=int, default=10, help="records for peek (default 10)")
     buf.add_argument("--yes", action="store_true", help="confirm purge")
     buf.set_defaults(func=_buffer)
+
+    dm = sub.add_parser("demo", help="the whole runtime in one process: devices, gateway, outage, ledger")
+    dm.add_argument("--duration", type=float, default=40.0, help="seconds of device traffic")
+    dm.add_argument("--devices", type=int, default=12)
+    dm.add_argument("--rate", type=float, default=300.0, help="messages/s from all devices")
+    dm.add_argument("--outage", default="10:20", metavar="START:END",
+                    help="seconds during which the uplink is down ('none' for no outage)")
+    dm.add_argument("--data-dir", default=".edge-demo", help="buffer, store and log go here")
+    dm.add_argument("--registry", help="device registry (default: fixtures/registry.toml)")
+    dm.add_argument("--no-ui", action="store_true", help="plain periodic lines instead of the live view")
+    dm.set_defaults(func=_demo)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

@@ -196,8 +196,12 @@ class BufferConfig:
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:
-    """[uplink] Batches to the central broker (``[central_broker]``) on edge/<node.id>/up."""
+    """[uplink] Batches to the central broker (``[central_broker]``) on edge/<node.id>/up,
+    or, with ``mode = "local"`` (a single-node site), to an in-process receiver writing
+    the single-node store at ``store_path``."""
 
+    mode: Literal["mqtt", "local"] = "mqtt"
+    store_path: str = "/var/lib/edge/store.db"
     batch_records: int = _checked(500, _check_positive)
     window: int = _checked(16, _check_positive)
     confirm_timeout_s: float = _checked(15.0, _check_positive)

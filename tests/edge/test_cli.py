@@ -21,7 +21,7 @@ def test_help_lists_only_commands_that_exist():
     from edge.cli import build_parser
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
-    assert sorted(commands.choices) == ["buffer", "config", "decode", "gateway", "receiver",
+    assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "receiver",
                                        "simulate", "version"]
     assert edge("--help").returncode == 0
     result = edge("server")

@@ -1,0 +1,157 @@
+"""How the uplink reaches the server: over MQTT, or in-process.
+
+``MqttLink`` publishes frames on ``edge/<gateway>/up`` and hears confirmations on
+``/ack`` and commands on ``/down``; a retained ``/status`` with a Last Will says whether
+the gateway is online. ``LocalLink`` is the single-node deployment's link (and
+``edge demo``'s): the same frames go to an in-process receiver writing the single-node
+store, which answers with the same confirmations; ``set_up(False)`` makes it behave like
+an unreachable broker (frames are lost, the uplink resends after the link returns).
+
+Callbacks (``LinkEvents``) may come from any thread; the uplink turns them into messages.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+
+from edge import log
+from edge.codecs import uplink as frames
+from edge.codecs.errors import UplinkFrameError
+from edge.config import MqttConfig
+from edge.mqtt import connect_properties, jittered_backoff, make_client
+from edge.store import RecordStore
+
+_log = log.get(__name__)
+
+
+class LinkEvents(Protocol):
+    def link_up(self) -> None: ...
+    def link_down(self) -> None: ...
+    def confirmation(self, payload: bytes) -> None: ...
+    def command(self, payload: bytes) -> None: ...
+
+
+class Link(Protocol):
+    def start(self, events: LinkEvents) -> None: ...
+    def publish_frame(self, frame: bytes) -> None: ...
+    def publish_status(self, payload: bytes) -> None: ...
+    def stop(self, last_status: bytes | None) -> None: ...
+
+
+def confirmation(batch: frames.Batch) -> bytes:
+    """What a receiver answers for a stored batch (edge/<gateway>/ack)."""
+    return json.dumps({"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
+                       "count": len(batch.records), "status": "ok"}).encode()
+
+
+class MqttLink:
+    def __init__(self, broker: MqttConfig, gateway_id: str, session_expiry_s: int,
+                 will: bytes) -> None:
+        self.broker, self.will, self.session_expiry_s = broker, will, session_expiry_s
+        base = f"edge/{gateway_id}"
+        self.topic_up, self.topic_ack = f"{base}/up", f"{base}/ack"
+        self.topic_status, self.topic_down = f"{base}/status", f"{base}/down"
+        self.client_id = broker.client_id or f"edge-{gateway_id}-uplink"
+        self.client: mqtt.Client | None = None
+        self.events: LinkEvents | None = None
+
+    def start(self, events: LinkEvents) -> None:
+        self.events = events
+        client = make_client(self.broker, self.client_id)
+        client.will_set(self.topic_status, self.will, qos=1, retain=True)
+        jittered_backoff(client, 0.5, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = lambda c, u, f, rc, p: events.link_down()
+        client.on_message = self._on_message
+        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
+                             clean_start=False, properties=connect_properties(self.session_expiry_s))
+        client.loop_start()
+        self.client = client
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            _log.warning("uplink_connect_refused", host=self.broker.host, reason=str(reason))
+            return
+        client.subscribe([(self.topic_ack, 1), (self.topic_down, 1)])
+        assert self.events is not None
+        self.events.link_up()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self.events is not None
+        if message.topic == self.topic_down:
+            self.events.command(message.payload)
+        else:
+            self.events.confirmation(message.payload)
+
+    def publish_frame(self, frame: bytes) -> None:
+        if self.client is not None:
+            self.client.publish(self.topic_up, frame, qos=1)
+
+    def publish_status(self, payload: bytes) -> None:
+        if self.client is not None:
+            self.client.publish(self.topic_status, payload, qos=1, retain=True)
+
+    def stop(self, last_status: bytes | None) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            if last_status is not None and client.is_connected():
+                client.publish(self.topic_status, last_status, qos=1, retain=True)
+            client.disconnect()
+            client.loop_stop()
+
+
+class LocalLink:
+    """An in-process receiver behind the uplink's usual protocol. Thread-safe."""
+
+    def __init__(self, store: RecordStore, up: bool = True) -> None:
+        self.store = store
+        self.up = up
+        self.status: bytes | None = None
+        self.events: LinkEvents | None = None
+        self.frames: queue.Queue[bytes | None] = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self, events: LinkEvents) -> None:
+        self.events = events
+        self.worker = threading.Thread(target=self._receive, name="local-link", daemon=True)
+        self.worker.start()
+        if self.up:
+            events.link_up()
+
+    def set_up(self, up: bool) -> None:
+        """Bring the link down (frames are lost, as to a broker that is gone) or back."""
+        with self.lock:
+            changed, self.up = up != self.up, up
+        if changed and self.events is not None:
+            self.events.link_up() if up else self.events.link_down()
+
+    def publish_frame(self, frame: bytes) -> None:
+        if self.up:
+            self.frames.put(frame)
+
+    def publish_status(self, payload: bytes) -> None:
+        self.status = payload
+
+    def stop(self, last_status: bytes | None) -> None:
+        self.status = last_status
+        self.frames.put(None)
+        if self.worker is not None:
+            self.worker.join(timeout=10)
+
+    def _receive(self) -> None:
+        while (frame := self.frames.get()) is not None:
+            try:
+                batch = frames.decode(frame)
+            except UplinkFrameError as exc:
+                self.store.reject("local", frame, exc.reason, exc.describe())
+                continue
+            self.store.write([batch])  # durable before the confirmation, as over MQTT
+            if self.up and self.events is not None:
+                self.events.confirmation(confirmation(batch))
