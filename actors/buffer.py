@@ -51,6 +51,8 @@ REJECTED = Counter("edge_buffer_batches_rejected", "Batches left unacked because
 COMMITS = Counter("edge_buffer_commits", "Transactions committed")
 DEPTH = Gauge("edge_buffer_depth_records", "Records waiting for confirmation")
 BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
+OLDEST = Gauge("edge_buffer_oldest_record_timestamp_seconds",
+               "When the oldest waiting record was stored (Unix time; 0 when empty)")
 CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at start and moved aside")
 
 
@@ -216,6 +218,12 @@ class BufferDB:
     def _publish(self) -> None:
         DEPTH.set(self.depth)
         BYTES.set(self.bytes)
+        OLDEST.set(self.oldest_stored_at() or 0)
+
+    def oldest_stored_at(self) -> float | None:
+        """By sequence (the primary key), not min(stored_at): that would scan the table."""
+        row = self.conn.execute("SELECT stored_at FROM records ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
 
     # -- writing
     def check_order(self, generation: int, batch: int) -> str | None:
@@ -390,7 +398,7 @@ class BufferDB:
             "SELECT device_id, last_seq, boot_ts FROM seq_state")}
 
     def stats(self) -> dict[str, Any]:
-        oldest = self.conn.execute("SELECT min(stored_at) FROM records").fetchone()[0]
+        oldest = self.oldest_stored_at()
         return {"depth": self.depth, "bytes": self.bytes, "boot_epoch": self.boot_epoch,
                 "next_seq": self.next_seq, "dropped_total": self.dropped_total,
                 "oldest_age_s": round(self.clock() - oldest, 3) if oldest else 0.0,

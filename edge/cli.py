@@ -197,7 +197,8 @@ def _buffer(args: argparse.Namespace) -> int:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         by_class = {str(p): {"records": n, "bytes": b} for p, n, b in conn.execute(
             "SELECT priority, count(*), coalesce(sum(size), 0) FROM records GROUP BY priority")}
-        oldest = conn.execute("SELECT min(stored_at) FROM records").fetchone()[0]
+        row = conn.execute("SELECT stored_at FROM records ORDER BY seq LIMIT 1").fetchone()
+        oldest = row[0] if row else None
         print(json.dumps({
             "path": path, "depth": sum(c["records"] for c in by_class.values()),
             "bytes": sum(c["bytes"] for c in by_class.values()), "by_priority": by_class,
@@ -237,6 +238,12 @@ def _demo(args: argparse.Namespace) -> int:
           + f"; data in {args.data_dir}, log in {args.data_dir}/demo.log", flush=True)
     return demo.run(args.duration, args.devices, args.rate, outage, Path(args.data_dir), registry,
                     ui=not args.no_ui)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge import status
+
+    return status.render(args.url, sys.stdout)
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -310,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--registry", help="device registry (default: fixtures/registry.toml)")
     dm.add_argument("--no-ui", action="store_true", help="plain periodic lines instead of the live view")
     dm.set_defaults(func=_demo)
+
+    st = sub.add_parser("status", help="summary of a running gateway or server (exit 0 ok, 1 degraded, 2 down)")
+    st.add_argument("--url", default="http://127.0.0.1:9108", help="its metrics address")
+    st.set_defaults(func=_status)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

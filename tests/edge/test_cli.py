@@ -22,7 +22,7 @@ def test_help_lists_only_commands_that_exist():
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
     assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "receiver",
-                                       "simulate", "version"]
+                                       "simulate", "status", "version"]
     assert edge("--help").returncode == 0
     result = edge("server")
     assert result.returncode == 2 and "invalid choice: 'server'" in result.stderr

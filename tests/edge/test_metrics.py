@@ -57,3 +57,29 @@ def test_metrics_and_health_report_each_actor(unique):
     finally:
         server.stop()
         runtime.stop()
+
+
+def test_edge_status_summarises_a_running_process_and_says_when_it_is_not(unique):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    edge = str(Path(sys.executable).parent / "edge")
+    runtime = Runtime([ActorSpec(unique, Echo.start)], SupervisionConfig(backoff_initial_s=30))
+    runtime.start()
+    server = metrics.serve("127.0.0.1", 0, runtime.health)
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        ok = subprocess.run([edge, "status", "--url", url], capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0, ok.stdout
+        assert ok.stdout.splitlines()[0] == f"{url}: ok"
+        assert f"actor {unique}" in ok.stdout and "running" in ok.stdout
+        runtime.handles[unique].tell("boom")
+        time.sleep(0.3)
+        bad = subprocess.run([edge, "status", "--url", url], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 1 and "degraded" in bad.stdout.splitlines()[0]
+    finally:
+        server.stop()
+        runtime.stop()
+    gone = subprocess.run([edge, "status", "--url", url], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 2 and "does not answer" in gone.stdout
