@@ -46,24 +46,10 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{base}.{int(record.msecs):03d}Z"
 
 
-class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=info logger=edge.runtime event=actor_started actor=buffer``."""
+class _EventFormatter(logging.Formatter):
+    """One event as a dict: time, level, logger, event name, its fields, the exception."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        parts = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-            **_fields(record),
-        }
-        if record.exc_info:
-            parts["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_kv(v)}" for k, v in parts.items())
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
+    def event(self, record: logging.LogRecord) -> dict[str, Any]:
         doc = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
@@ -73,7 +59,19 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return doc
+
+
+class KeyValueFormatter(_EventFormatter):
+    """``ts=... level=info logger=edge.runtime event=actor_started actor=buffer``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_kv(v)}" for k, v in self.event(record).items())
+
+
+class JsonFormatter(_EventFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.event(record), default=str, ensure_ascii=False)
 
 
 def _kv(value: Any) -> str:
