@@ -67,6 +67,10 @@ def envelope(doc: Mapping[str, Any], topic: str) -> Envelope:
         raise PayloadError("envelope has no ts", reason="missing_field", field="ts")
     ts = parse_time(doc["ts"], "ts")
     seq = doc.get("seq")
+    if v == 2 and msg_type == "status" and "seq" not in doc and "msg_type" not in doc:
+        # protocols.md: the status message doubles as the Last Will, whose payload is fixed
+        # when the device connects; it carries neither seq nor msg_type. Never deduplicated.
+        return Envelope(v, device_id, ts, doc["ts"], None, msg_type)
     if v == 2:
         if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < SEQ_MOD:
             raise PayloadError(f"seq must be an integer 0..2**32-1, got {seq!r}",

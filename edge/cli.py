@@ -146,14 +146,15 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"edge simulate: cannot read {args.registry}: {exc.strerror}", file=sys.stderr)
             return EXIT_BAD_INPUT
     try:
-        traffic = Traffic(args.kind, args.devices, registry_text, args.seed, args.malformed)
+        traffic = Traffic(args.kind, args.devices, registry_text, args.seed, args.malformed,
+                          device_prefix=args.device_prefix)
     except ValueError as exc:
         print(f"edge simulate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     with contextlib.ExitStack() as stack:
         ledger = stack.enter_context(open(args.ledger, "a", encoding="utf-8")) if args.ledger else None
         acked = run(MqttConfig(host=host, port=int(port)), traffic, args.rate, args.count, ledger,
-                    args.client_id or f"edge-sim-{uuid.uuid4().hex[:8]}")
+                    args.client_id or f"edge-sim-{uuid.uuid4().hex[:8]}", lwt=args.lwt)
     print(f"published {acked} messages acknowledged by {args.broker}")
     return EXIT_OK
 
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ledger", metavar="FILE", help="append one JSON line per acknowledged message")
     sim.add_argument("--malformed", type=float, default=0.0, metavar="PCT", help="percent of garbage messages")
     sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--device-prefix", default="pm-dc", help="v2 device ids are PREFIX-0000, ...")
+    sim.add_argument("--lwt", action="store_true",
+                     help="one connection per v2 device, with a retained offline Last Will")
     sim.add_argument("--client-id")
     sim.set_defaults(func=_simulate)
 

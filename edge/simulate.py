@@ -41,8 +41,9 @@ class Traffic:
     """An endless, deterministic (seeded) stream of device messages."""
 
     def __init__(self, kind: str, devices: int, registry_text: str | None, seed: int = 1,
-                 malformed_pct: float = 0.0, start: datetime | None = None) -> None:
-        self.kind, self.devices = kind, devices
+                 malformed_pct: float = 0.0, start: datetime | None = None,
+                 device_prefix: str = "pm-dc") -> None:
+        self.kind, self.devices, self.device_prefix = kind, devices, device_prefix
         self.rng = random.Random(seed)
         self.malformed_pct = malformed_pct
         self.clock = start or datetime.now(UTC).replace(microsecond=0)
@@ -89,7 +90,7 @@ class Traffic:
                                                  "records": len(template.points), "topic": topic})
 
     def _v2(self, device: int) -> Message:
-        device_id = f"pm-dc-{device:04d}"
+        device_id = f"{self.device_prefix}-{device:04d}"
         t = self._tick()
         seq = self.v2_seq.get(device_id)
         if seq is None:  # power-on: hello first, seq 0
@@ -126,18 +127,59 @@ class Traffic:
                                         "topic": topic, "malformed": True})
 
 
+class DeviceConnections:
+    """One MQTT connection per v2 device, each with its Last Will: the retained
+    ``iot/<id>/status`` ``offline`` message of protocols.md (no seq: a will is fixed at
+    connect time), and a retained ``online`` once connected. Used with ``--lwt``."""
+
+    def __init__(self, broker: MqttConfig, prefix: str, on_publish: Any) -> None:
+        self.broker, self.prefix, self.on_publish = broker, prefix, on_publish
+        self.clients: dict[str, mqtt.Client] = {}
+
+    @staticmethod
+    def status(device_id: str, state: str) -> bytes:
+        return json.dumps({"v": 2, "device_id": device_id, "status": state,
+                           "ts": iso(datetime.now(UTC))}).encode()
+
+    def client_for(self, device_id: str) -> mqtt.Client:
+        client = self.clients.get(device_id)
+        if client is None:
+            client = make_client(self.broker, f"{self.prefix}-{device_id}")
+            topic = f"iot/{device_id}/status"
+            client.will_set(topic, self.status(device_id, "offline"), qos=1, retain=True)
+            client.on_publish = self.on_publish
+            ready = threading.Event()
+            client.on_connect = lambda c, u, f, rc, p: ready.set()
+            client.connect(self.broker.host, self.broker.port, 15)  # keepalive 15 s, as devices
+            client.loop_start()
+            if not ready.wait(15):
+                raise ConnectionError(f"device {device_id}: no CONNACK")
+            client.publish(topic, self.status(device_id, "online"), qos=1, retain=True)
+            self.clients[device_id] = client
+        return client
+
+    def close(self) -> None:
+        for device_id, client in self.clients.items():
+            client.publish(f"iot/{device_id}/status", self.status(device_id, "offline"),
+                           qos=1, retain=True).wait_for_publish(5)
+            client.disconnect()
+            client.loop_stop()
+
+
 def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
-        ledger: IO[str] | None, client_id: str, stop: threading.Event | None = None) -> int:
+        ledger: IO[str] | None, client_id: str, stop: threading.Event | None = None,
+        lwt: bool = False) -> int:
     """Publish at ``rate`` msgs/s (0: as fast as the broker takes them) until ``count``
-    messages or ``stop``; returns how many the broker acknowledged."""
+    messages or ``stop``; returns how many the broker acknowledged. With ``lwt``, v2
+    devices publish over connections of their own, with a Last Will."""
     client = make_client(broker, client_id)
     client.max_inflight_messages_set(100)  # performance.md: large in-flight limits are slower
-    pending: dict[int, dict[str, Any]] = {}
+    pending: dict[tuple[int, int], dict[str, Any]] = {}  # (client, mid): mids are per client
     lock = threading.Lock()
     acked = 0
     done = threading.Event()
 
-    early: set[int] = set()  # PUBACKs that beat the registration of their mid
+    early: set[tuple[int, int]] = set()  # PUBACKs that beat the registration of their mid
 
     def record(entry: dict[str, Any]) -> None:
         nonlocal acked
@@ -147,9 +189,9 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
 
     def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
         with lock:
-            entry = pending.pop(mid, None)
+            entry = pending.pop((id(c), mid), None)
             if entry is None:
-                early.add(mid)
+                early.add((id(c), mid))
             else:
                 record(entry)
 
@@ -160,6 +202,7 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
     client.loop_start()
     if not connected.wait(15):
         raise ConnectionError(f"no CONNACK from {broker.host}:{broker.port}")
+    devices = DeviceConnections(broker, client_id, on_publish) if lwt else None
     began = time.monotonic()
     sent = 0
     try:
@@ -168,13 +211,17 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
                 break
             # Never call into paho holding our lock: its network thread holds paho's own
             # lock while it runs on_publish, which takes ours.
-            info = client.publish(message.topic, message.payload, qos=1)
+            via = client
+            if devices is not None and message.topic.startswith("iot/"):
+                via = devices.client_for(message.ledger["device_id"])
+            info = via.publish(message.topic, message.payload, qos=1)
+            key = (id(via), info.mid)
             with lock:
-                if info.mid in early:
-                    early.discard(info.mid)
+                if key in early:
+                    early.discard(key)
                     record(message.ledger)
                 else:
-                    pending[info.mid] = message.ledger
+                    pending[key] = message.ledger
             sent += 1
             if rate > 0:
                 delay = began + sent / rate - time.monotonic()
@@ -184,6 +231,8 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
         while pending and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
+        if devices is not None:
+            devices.close()
         client.disconnect()
         client.loop_stop()
         done.set()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 
 import pytest
-from harness import Site, integrity, services, tally, wait_until
+from harness import EDGE, Site, integrity, services, tally, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -148,3 +149,37 @@ def test_malformed_messages_are_quarantined_with_reasons_and_the_rest_flows(site
     reasons = {r for (r,) in conn.execute("SELECT json_extract(body, '$.reason') FROM quarantine")}
     conn.close()
     assert reasons == {"bad_json"}
+
+
+def test_devices_last_wills_reach_the_store_when_their_connections_die(site):
+    import json
+    import sqlite3
+
+    site.start("receiver")
+    site.start("gateway")
+    sim = subprocess.Popen(
+        [EDGE, "simulate", "--broker", f"127.0.0.1:{site.site_port}", "--devices", "3", "--rate", "30",
+         "--count", "100000", "--kind", "v2", "--lwt", "--ledger", str(site.ledger),
+         "--device-prefix", site.name,
+         "--client-id", f"{site.name}-lwt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4)
+    sim.send_signal(signal.SIGKILL)  # no goodbye: the broker must publish the wills
+    sim.wait(10)
+
+    def statuses() -> dict[str, list[str]]:
+        conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
+        # By the gateway's sequence, never by time: a will's ts is the moment it connected.
+        rows = conn.execute("SELECT body FROM events WHERE type = 'status' "
+                            "ORDER BY boot_epoch, seq").fetchall()
+        conn.close()
+        seen: dict[str, list[str]] = {}
+        for (body,) in rows:
+            doc = json.loads(body)
+            seen.setdefault(doc["device_id"], []).append(doc["status"])
+        return seen
+
+    devices = {f"{site.name}-{i:04d}" for i in range(3)}
+    wait_until(lambda: all(statuses().get(d) == ["online", "offline"] for d in devices), 60,
+               "every device online, then its Last Will (offline) in the store")
+    drained(site)
+    assert_exactly_once(site)
