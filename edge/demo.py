@@ -139,6 +139,17 @@ class DemoSource(EdgeActor):
         return None
 
 
+def recent_latency(source: DemoSource, store: TimedStore, since: float) -> tuple[float, float] | None:
+    """p50 and p99 (ms) device -> store of the messages accepted after ``since`` (monotonic)."""
+    ms = sorted((store.stored_at[k] - published) * 1000
+                for entry, published in source.accepted[-5000:]
+                if published >= since and entry["records"]
+                and (k := (entry["device_id"], entry["time"])) in store.stored_at)
+    if not ms:
+        return None
+    return statistics.median(ms), ms[max(0, int(len(ms) * 0.99) - 1)]
+
+
 def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels or None) or 0.0
 
@@ -260,10 +271,12 @@ class _PlainView:
         t0, d0, c0 = self.last
         span = max(elapsed - t0, 1e-6)
         self.last = (elapsed, decoded, confirmed)
+        lat = recent_latency(source, store, time.monotonic() - span)
+        latency = f"p50 {lat[0]:5.1f} ms p99 {lat[1]:6.1f} ms" if lat else "p50     - ms p99      - ms"
         print(f"[{elapsed:5.1f}s] uplink {'up  ' if link.up else 'DOWN'} | decoded {(decoded - d0) / span:7,.0f} rec/s"
               f" | confirmed {(confirmed - c0) / span:7,.0f} rec/s | buffer {stats['depth']:7,} "
               f"(oldest {stats['oldest_age_s']:5.1f} s) | dropped {stats['dropped_total']} | "
-              f"quarantined {_sum('edge_decoder_messages_quarantined_total'):.0f}",
+              f"quarantined {_sum('edge_decoder_messages_quarantined_total'):.0f} | {latency}",
               file=self.out, flush=True)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import IO, Any
 
 from rich.console import Console, Group
@@ -10,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from edge.actors.buffer import GetStats
-from edge.demo import _metric, _sum
+from edge.demo import _metric, _sum, recent_latency
 
 
 class RichView:
@@ -47,6 +48,9 @@ class RichView:
         table.add_row("uplink -> store", f"{self.rates[2]:,.0f} rec/s",
                       "[green]up[/]" if link.up else "[red bold]DOWN[/]")
         table.add_row("quarantined", "", f"{_sum('edge_decoder_messages_quarantined_total'):.0f}")
+        lat = recent_latency(source, store, time.monotonic() - 2.0)
+        table.add_row("latency device -> store", "",
+                      f"p50 {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms (last 2 s)" if lat else "-")
         self.live.update(Group(table, Panel("\n".join(self.events[-6:]) or "-", title="events")))
 
     def close(self) -> None:
