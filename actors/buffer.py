@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pykka
 import sqlite_utils
 from prometheus_client import Counter, Gauge
 
@@ -136,7 +137,17 @@ class GetStats:
 
 @dataclass(frozen=True, slots=True)
 class GetSeqState:
-    """Ask (decoder start-up): the persisted v2 sequence state."""
+    """The persisted v2 sequence state, told back to ``reply_to`` as ``SeqState`` (a
+    message, not an ask: it queues behind every Store already sent, which is the point,
+    and the decoder never blocks on a busy buffer). ``reply_to`` is the requester's own
+    ref, not its name: a restarting actor's handle is rebound only after its ping."""
+
+    reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SeqState:
+    state: dict[str, tuple[int, str | None]]
 
 
 # ----------------------------------------------------------------------------- database
@@ -472,8 +483,11 @@ class Buffer(EdgeActor):
                 db.rewind()
             case GetStats():
                 return db.stats()
-            case GetSeqState():
-                return db.seq_state()
+            case GetSeqState(reply_to):
+                try:
+                    reply_to.tell(SeqState(db.seq_state()))
+                except pykka.ActorDeadError:
+                    pass  # the requester died meanwhile; its successor asks again
             case _:
                 raise TypeError(f"buffer got an unknown message {message!r}")
         return None

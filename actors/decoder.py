@@ -9,7 +9,9 @@ along either way: what is in a committed Store is acked.
 v2 sequence state lives in the ``SequenceTracker``; its changes travel in the Store and
 are committed with the records. On start and on every new source connection (the broker
 may redeliver) the tracker is reloaded from the committed state, so it never runs ahead
-of what is durable.
+of what is durable. The reload is a message exchange, never a blocking ask: batches that
+arrive meanwhile wait here (bounded by the source's receive maximum) and are decoded, in
+order, once the state is back.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from prometheus_client import Counter
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
-from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, Entry, GetSeqState, Store
+from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, Entry, GetSeqState, SeqState, Store
 from edge.codecs import registry as registry_mod
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
@@ -67,22 +69,33 @@ class Decoder(EdgeActor):
         self.buffer = buffer
         self.generation: int | None = None
         self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.loading = False
+        self.waiting: list[Incoming] = []
 
     def on_start(self) -> None:
         self._reload()
 
     def _reload(self) -> None:
-        state = self.ctx.handles[self.buffer].ask(GetSeqState(), timeout=30)
-        self.tracker.restore(state)
+        self.loading = True
+        self.send(self.buffer, GetSeqState(self.actor_ref))
 
     def handle(self, message: Any) -> Any:
         match message:
-            case Incoming(messages, generation, batch):
+            case Incoming(_, generation, _):
                 if generation != self.generation:
-                    if self.generation is not None:
+                    if self.generation is not None and not self.loading:
                         self._reload()  # redeliveries may follow: start from what is durable
                     self.generation = generation
-                self._decode(messages, generation, batch)
+                if self.loading:
+                    self.waiting.append(message)
+                else:
+                    self._decode(message.messages, message.generation, message.batch)
+            case SeqState(state):
+                self.tracker.restore(state)
+                self.loading = False
+                waiting, self.waiting = self.waiting, []
+                for incoming in waiting:
+                    self._decode(incoming.messages, incoming.generation, incoming.batch)
             case _:
                 raise TypeError(f"decoder got an unknown message {message!r}")
 
