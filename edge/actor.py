@@ -114,6 +114,11 @@ class EdgeActor(pykka.ThreadingActor):
         super().__init__()
         self.ctx = ctx
         self.name = ctx.name
+        # Bind this instance's handle now, in the starting thread, before pykka runs
+        # on_start on the actor's own thread: anything on_start sets in motion (a link up
+        # at once, a request answered by name) must find this actor, not its predecessor.
+        if ctx.name in ctx.handles:
+            ctx.handles[ctx.name].bind(self.actor_ref)
         self._in = ACTOR_MESSAGES_IN.labels(ctx.name)
         self._out = ACTOR_MESSAGES_OUT.labels(ctx.name)
 

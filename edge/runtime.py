@@ -99,12 +99,15 @@ class Runtime:
             ctx = self._context(spec.name)
             try:
                 ref = spec.start(ctx)
+                # Bound before the ping: what on_start sets in motion (a link that is up at
+                # once, a request whose answer comes back by name) must find this actor.
+                # Messages to a starting actor wait in its mailbox.
+                self.handles[spec.name].bind(ref)
+                self._started.append(spec)
                 ref.ask(Ping(), timeout=self.config.start_timeout_s)
             except Exception as exc:
                 self.stop()
                 raise StartupError(f"actor {spec.name!r} did not start: {exc!r}") from exc
-            self.handles[spec.name].bind(ref)
-            self._started.append(spec)
             self.supervisor.watch(self.handles[spec.name], lambda s=spec, c=ctx: s.start(c))
             took_ms = round((time.monotonic() - began) * 1000, 1)
             _log.info("actor_started", actor=spec.name, took_ms=took_ms)

@@ -167,6 +167,7 @@ class Supervisor:
             child.reported = False
         try:
             ref = child.start()
+            child.handle.bind(ref)  # before the ping, as at start-up (see Runtime.start)
             ref.ask(Ping(), timeout=self._ping_timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure to come up is another crash
             if ref is not None:
@@ -183,7 +184,6 @@ class Supervisor:
                 child.reported = True
             self._on_death(child, self._clock())
             return
-        child.handle.bind(ref)
         ACTOR_RESTARTS.labels(name).inc()
         ACTOR_UP.labels(name).set(1)
         _log.info("actor_restarted", actor=name)

@@ -154,3 +154,31 @@ def test_under_systemd_the_runtime_reports_ready_watchdog_and_stopping(tmp_path)
         pass
     assert rest[-1] == "STOPPING=1"
     sock.close()
+
+
+def test_an_answer_by_name_to_something_started_in_on_start_is_not_lost():
+    """A link that is up at once, a request whose reply comes back by name: the handle of a
+    starting actor is bound before its ping, so the reply waits in its mailbox."""
+    import queue
+
+    got = queue.Queue()
+
+    class Server(EdgeActor):
+        def handle(self, message):
+            self.send(message, "answer")  # replies to the sender's *name*
+
+    class Client(EdgeActor):
+        def on_start(self):
+            self.send("server", "client")
+
+        def handle(self, message):
+            got.put(message)
+
+    for _ in range(20):  # the race was timing-dependent: give it many chances
+        runtime = Runtime([ActorSpec("server", Server.start),
+                           ActorSpec("client", Client.start, after=("server",))], SupervisionConfig())
+        runtime.start()
+        try:
+            assert got.get(timeout=5) == "answer"
+        finally:
+            runtime.stop()
