@@ -28,11 +28,12 @@ from edge.actor import ActorContext, EdgeActor
 from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, Entry, GetSeqState, SeqState, Store
 from edge.codecs import registry as registry_mod
 from edge.codecs.dispatch import Dispatcher
+from edge.codecs.registry import CODECS
 from edge.codecs.errors import CodecError
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
 from edge.codecs.uplink import to_wire
-from edge.codecs.v2 import SequenceTracker
+from edge.codecs.v2 import SequenceTracker, Verdict
 
 _log = log.get(__name__)
 
@@ -69,6 +70,7 @@ class Decoder(EdgeActor):
         self.buffer = buffer
         self.generation: int | None = None
         self.pack = msgpack.Packer(use_bin_type=True).pack
+        self.decoded = {codec: DECODED.labels(codec) for codec in CODECS}  # not per message
         self.loading = False
         self.waiting: list[Incoming] = []
 
@@ -121,10 +123,10 @@ class Decoder(EdgeActor):
                     continue
                 if verdict.gap:
                     GAPS.inc(verdict.gap)
-                if verdict.verdict.value == "reboot":
+                if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
                 seq_state[env.device_id] = self.tracker.last(env.device_id)  # type: ignore[assignment]
-            DECODED.labels(result.codec).inc()
+            self.decoded[result.codec].inc()
             for record in result.records:
                 entries.append(Entry(priority_of(record), pack(to_wire(record))))
                 if type(record) is Status:

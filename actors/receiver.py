@@ -11,7 +11,6 @@ not confirmed: the gateway sends it again from its buffer.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
 from edge.mqtt import connect_properties, jittered_backoff, make_client
-from edge.store import RecordStore
+from edge.store import RecordStore, confirmation
 
 _log = log.get(__name__)
 
@@ -115,6 +114,4 @@ class UplinkReceiver(EdgeActor):
             self.client.ack(mid, 1)
             FRAMES.inc()
             RECORDS.inc(len(batch.records))
-            ack = {"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
-                   "count": len(batch.records), "status": "ok"}
-            self.client.publish(f"edge/{gateway}/ack", json.dumps(ack), qos=1)
+            self.client.publish(f"edge/{gateway}/ack", confirmation(batch), qos=1)

@@ -12,7 +12,6 @@ Callbacks (``LinkEvents``) may come from any thread; the uplink turns them into 
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig
 from edge.mqtt import connect_properties, jittered_backoff, make_client
-from edge.store import RecordStore
+from edge.store import RecordStore, confirmation
 
 _log = log.get(__name__)
 
@@ -41,12 +40,6 @@ class Link(Protocol):
     def publish_frame(self, frame: bytes) -> None: ...
     def publish_status(self, payload: bytes) -> None: ...
     def stop(self, last_status: bytes | None) -> None: ...
-
-
-def confirmation(batch: frames.Batch) -> bytes:
-    """What a receiver answers for a stored batch (edge/<gateway>/ack)."""
-    return json.dumps({"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
-                       "count": len(batch.records), "status": "ok"}).encode()
 
 
 class MqttLink:

@@ -177,7 +177,6 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
     pending: dict[tuple[int, int], dict[str, Any]] = {}  # (client, mid): mids are per client
     lock = threading.Lock()
     acked = 0
-    done = threading.Event()
 
     early: set[tuple[int, int]] = set()  # PUBACKs that beat the registration of their mid
 
@@ -235,7 +234,6 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
             devices.close()
         client.disconnect()
         client.loop_stop()
-        done.set()
         if ledger is not None:
             ledger.flush()
     return acked

@@ -22,6 +22,12 @@ from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
 
 
+def confirmation(batch: Batch) -> bytes:
+    """What a receiver answers on edge/<gateway>/ack once ``batch`` is durable."""
+    return json.dumps({"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
+                       "count": len(batch.records), "status": "ok"}).encode()
+
+
 class RecordStore(Protocol):
     """Called from the receiver actor's thread only."""
 
