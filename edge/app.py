@@ -20,7 +20,7 @@ from edge.config import Config
 from edge.errors import ConfigError, ConfigProblem
 from edge.link import Link, LocalLink, MqttLink
 from edge.runtime import ActorSpec
-from edge.store import SqliteStore
+from edge.store import RecordStore, SqliteStore
 
 
 def read_registry(cfg: Config) -> str:
@@ -58,7 +58,36 @@ def uplink_link(cfg: Config) -> Callable[[bytes], Link]:
     return lambda will: MqttLink(cfg.central_broker, cfg.node.id, cfg.uplink.session_expiry_s, will)
 
 
-def receiver_specs(cfg: Config, store: SqliteStore) -> list[ActorSpec]:
+def receiver_specs(cfg: Config, store: RecordStore) -> list[ActorSpec]:
     client_id = cfg.central_broker.client_id or f"edge-{cfg.node.id}-receiver"
     return [ActorSpec("receiver", lambda ctx: UplinkReceiver.start(
         ctx, cfg.central_broker, cfg.receiver, store, client_id))]
+
+
+def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
+    """The distributed server's actors that ``[server]`` turns on, data backwards: the sink
+    first, then the stream decoder, then what takes MQTT in (receiver, bridge). ``store`` is
+    the receiver's Kafka store (None when the receiver is off)."""
+    from edge.actors.bridge import DirectBridge
+    from edge.actors.sink import TimescaleSink
+    from edge.actors.stream_decoder import StreamDecoder
+
+    node, on = cfg.node.id, cfg.server
+    base = cfg.kafka.client_id if cfg.kafka.client_id != "edge" else f"edge-{node}"
+    specs: list[ActorSpec] = []
+    if on.sink:
+        specs.append(ActorSpec("sink", lambda ctx: TimescaleSink.start(
+            ctx, cfg.kafka, cfg.postgres, cfg.sink, f"{base}-sink")))
+    if on.decoder:
+        specs.append(ActorSpec("stream_decoder", lambda ctx: StreamDecoder.start(
+            ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder")))
+    if on.receiver:
+        assert store is not None
+        specs += receiver_specs(cfg, store)
+    if on.bridge:
+        client_id = f"{cfg.central_broker.client_id or f'edge-{node}'}-bridge"
+        specs.append(ActorSpec("bridge", lambda ctx: DirectBridge.start(
+            ctx, cfg.central_broker, cfg.kafka, cfg.bridge, client_id)))
+    if not specs:
+        raise ConfigError([ConfigProblem("server", "every server actor is turned off")])
+    return specs

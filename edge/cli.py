@@ -1,7 +1,8 @@
 """The ``edge`` command.
 
 Subcommands arrive with the features behind them; none exists before it works.
-Exit codes: 0 success, 2 bad input (config, arguments), 70 crash loop of the runtime.
+Exit codes: 0 success, 2 bad input (config, arguments), 69 a needed service is unreachable,
+70 crash loop of the runtime.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from edge.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a service the command needs is not reachable
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -124,6 +126,96 @@ def _receiver(args: argparse.Namespace) -> int:
         return run_graph(app.receiver_specs(cfg, store), cfg)
     finally:
         store.close()
+
+
+def _server(args: argparse.Namespace) -> int:
+    from edge import log
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    log.setup(cfg.log.level, cfg.log.format)
+    if args.action == "migrate":
+        return _migrate(cfg)
+    from edge import app
+    from edge.actors.bridge import parse_mappings
+    from edge.kafka_io import KafkaStore, ensure_topics
+    from edge.runtime import run_graph
+
+    base = cfg.kafka.client_id if cfg.kafka.client_id != "edge" else f"edge-{cfg.node.id}"
+    ensure_topics(cfg.kafka, f"{base}-admin",
+                  [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
+    store = None
+    if cfg.server.receiver:
+        store = KafkaStore(cfg.kafka, f"{base}-receiver")
+    try:
+        return run_graph(app.server_specs(cfg, store), cfg)
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _migrate(cfg: config.Config) -> int:
+    import psycopg
+
+    from edge import pg
+
+    try:
+        with pg.connect(cfg.postgres, autocommit=True) as conn:
+            applied = pg.migrate(conn)
+            storage = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
+    except psycopg.OperationalError as exc:
+        print(f"edge server migrate: cannot reach PostgreSQL at {cfg.postgres.host}:{cfg.postgres.port}"
+              f"/{cfg.postgres.dbname}: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except pg.MigrationError as exc:
+        print(f"edge server migrate: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for m in applied:
+        print(f"applied {m.version:04d}_{m.name} ({m.variant})")
+    print(f"database {cfg.postgres.dbname}: up to date, {len(applied)} applied now, "
+          f"storage {storage[0] if storage else '?'}")
+    return EXIT_OK
+
+
+def _registry(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from edge import pg, registry_db
+    from edge.codecs import registry as registry_mod
+    from edge.codecs.errors import CodecError
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+        registry = registry_mod.loads(text)
+    except OSError as exc:
+        print(f"edge registry load: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CodecError as exc:
+        print(f"edge registry load: {args.file}: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        with pg.connect(cfg.postgres, autocommit=True) as conn:
+            if pg.pending(conn):
+                print("edge registry load: the database lacks migrations: run `edge server migrate`",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
+            changed, version = registry_db.load(conn, registry, args.file, text)
+    except psycopg.OperationalError as exc:
+        print(f"edge registry load: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    n_pins = sum(len(c.pins) for ctl in registry.controllers for c in ctl.connectors)
+    print(f"{args.file}: {'loaded' if changed else 'unchanged'}, registry version {version} "
+          f"({len(registry.templates)} templates, {len(registry.controllers)} controllers, "
+          f"{n_pins} pins, {len(registry.topics)} topic mappings)")
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -287,6 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     receiver = sub.add_parser("receiver", help="run the uplink receiver into the single-node store")
     receiver.add_argument("--config", required=True, help="config with [central_broker] and [receiver]")
     receiver.set_defaults(func=_receiver)
+
+    srv = sub.add_parser("server", help="run the server actors (receiver, bridge, decoder, sink), "
+                         "or `migrate` the database")
+    srv.add_argument("action", nargs="?", choices=["run", "migrate"], default="run",
+                     help="run (default) or migrate: apply the SQL migrations, idempotently")
+    srv.add_argument("--config", required=True, help="server config file (TOML)")
+    srv.set_defaults(func=_server)
+
+    reg = sub.add_parser("registry", help="the device registry in PostgreSQL")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True)
+    reg_load = reg_sub.add_parser("load", help="load a registry TOML file (idempotent)")
+    reg_load.add_argument("file")
+    reg_load.add_argument("--config", required=True, help="server config file (TOML): [postgres]")
+    reg_load.set_defaults(func=_registry)
 
     sim = sub.add_parser("simulate", help="publish realistic device traffic to a broker, with a ledger")
     sim.add_argument("--broker", required=True, metavar="HOST:PORT")

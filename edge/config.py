@@ -129,10 +129,22 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
+    """Kafka clients of the server, and the names of its topics (see codecs/stream.py)."""
+
     bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     client_id: str = "edge"
+    tls: bool = False
+    ca_file: str = ""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str = ""
     sasl_password: Secret = field(default_factory=Secret)
+    linger_ms: int = _checked(5, _check_non_negative)
+    compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    partitions: int = _checked(6, _check_positive)  # topics the server creates at start
+    replication_factor: int = _checked(1, _check_positive)
+    decoded_topic: str = _checked("decoded_iot_data", _check_non_empty)
+    raw_topic: str = _checked("raw_iot_data", _check_non_empty)
+    events_topic: str = _checked("device_events", _check_non_empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +242,65 @@ class ReceiverConfig:
     durability: Literal["power-safe", "crash-safe"] = "power-safe"
 
 
+def _check_mappings(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        filt, arrow, topic = item.partition("->")
+        if not arrow or not filt.strip() or not topic.strip():
+            return f'each mapping is "<mqtt topic filter> -> <kafka topic>", got {item!r}'
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Which server actors this process runs; a deployment can split them over processes."""
+
+    receiver: bool = True
+    bridge: bool = True
+    decoder: bool = True
+    sink: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """Devices publishing straight to the central broker: MQTT topic filter -> Kafka topic."""
+
+    mappings: tuple[str, ...] = _checked((
+        "cmnd/# -> raw_iot_data",
+        "stat/# -> raw_iot_data",
+        "tele/# -> raw_iot_data",
+        "iot/# -> raw_iot_data",
+        "homelab/energy/# -> homelab.energy",
+        "homelab/heatpump/# -> homelab.heatpump",
+        "homelab/temperature/# -> homelab.temperature",
+    ), _check_mappings)
+    share_group: str = "edge-bridges"  # "" for a plain (unshared) subscription
+    session_expiry_s: int = _checked(7 * 86_400, _check_positive)
+    receive_maximum: int = _checked(1000, _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDecoderConfig:
+    """The server's decoder: raw topics -> decoded_iot_data, with the registry in PostgreSQL."""
+
+    group: str = "edge-decoder"
+    topics: tuple[str, ...] = ("raw_iot_data", "homelab.energy", "homelab.heatpump",
+                               "homelab.temperature")
+    registry_refresh_s: float = _checked(30.0, _check_positive)
+    batch_max: int = _checked(2000, _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """decoded_iot_data and device_events -> PostgreSQL/TimescaleDB."""
+
+    group: str = "edge-sink"
+    batch_rows: int = _checked(10_000, _check_positive)
+    batch_ms: float = _checked(500.0, _check_positive)
+    max_attempts: int = _checked(3, _check_positive)
+    retry_initial_s: float = _checked(0.5, _check_positive)
+    retry_max_s: float = _checked(15.0, _check_positive)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -246,6 +317,10 @@ class Config:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    stream_decoder: StreamDecoderConfig = field(default_factory=StreamDecoderConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
 
 
 ENV_PREFIX = "EDGE_"

@@ -22,10 +22,10 @@ def test_help_lists_only_commands_that_exist():
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
     assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "receiver",
-                                       "simulate", "status", "version"]
+                                       "registry", "server", "simulate", "status", "version"]
     assert edge("--help").returncode == 0
-    result = edge("server")
-    assert result.returncode == 2 and "invalid choice: 'server'" in result.stderr
+    result = edge("market")
+    assert result.returncode == 2 and "invalid choice: 'market'" in result.stderr
 
 
 @pytest.mark.parametrize("path", ["deploy/pi/gateway.toml", "deploy/server/server.toml"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 import signal
 import socket
@@ -205,3 +204,88 @@ def background(fn, *args) -> threading.Thread:
     thread = threading.Thread(target=fn, args=args, daemon=True)
     thread.start()
     return thread
+
+
+# ------------------------------------------------------------------ the distributed server
+@dataclass
+class Server:
+    """The server side of a test: its own PostgreSQL database and Kafka topics, config in
+    ``<tmp>/server.toml`` (the Site's ``start("server")`` runs it)."""
+
+    site: Site
+    kafka: str
+    pg_dsn: str
+    sections: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        name = self.site.name
+        self.db = name
+        self.dsn = self.pg_dsn.rsplit("/", 1)[0] + "/" + self.db
+        host, port = self.kafka.rsplit(":", 1)
+        pg_host, pg_port = self.pg_dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        self.topics = {"decoded": f"{name}.decoded", "raw": f"{name}.raw", "events": f"{name}.events"}
+        config = {
+            "node": {"id": f"{name}-srv", "role": "server"},
+            "metrics": {"port": self.site.rx_port},
+            "central_broker": {"port": self.site.central_port, "client_id": f"{name}-receiver"},
+            "kafka": {"bootstrap_servers": [self.kafka], "client_id": f"{name}-srv", "partitions": 3,
+                      "decoded_topic": self.topics["decoded"], "raw_topic": self.topics["raw"],
+                      "events_topic": self.topics["events"]},
+            "postgres": {"host": pg_host, "port": int(pg_port), "dbname": self.db,
+                         "user": self.pg_dsn.split("://", 1)[1].split("@", 1)[0]},
+            "receiver": {"share_group": name},
+            "server": {"bridge": False},
+            "bridge": {"mappings": [f"cmnd/# -> {self.topics['raw']}",
+                                    f"homelab/energy/# -> {name}.homelab.energy"],
+                       "share_group": name},
+            "stream_decoder": {"group": f"{name}-decoder",
+                               "topics": [self.topics["raw"], f"{name}.homelab.energy"],
+                               "registry_refresh_s": 1.0},
+            "sink": {"group": f"{name}-sink", "batch_ms": 200.0, "retry_max_s": 2.0},
+        }
+        for section, values in self.sections.items():
+            config.setdefault(section, {}).update(values)
+        self.config = config
+        (self.site.tmp / "server.toml").write_text(to_toml(config))
+
+    def prepare(self) -> None:
+        """A fresh database, migrated, with the fixture registry loaded."""
+        import psycopg
+
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{self.db}"')
+        toml = str(self.site.tmp / "server.toml")
+        for args in (["server", "migrate"], ["registry", "load", str(REPO / "fixtures" / "registry.toml")]):
+            subprocess.run([EDGE, *args, "--config", toml], check=True, capture_output=True, timeout=60)
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def drop(self) -> None:
+        import psycopg
+
+        drop_session(self.site.central_port, f"{self.site.name}-receiver-bridge")
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+
+
+def tally_pg(ledger: Path, server: Server) -> Tally:
+    from edge.codecs.records import iso
+
+    entries = read_ledger(ledger)
+    want = collections.Counter()
+    for e in entries:
+        if e["records"]:
+            want[(e["device_id"], e["time"])] += e["records"]
+    got = collections.Counter({(d, iso(t)): n for d, t, n in server.query(
+        "SELECT device_id, time, count(*) FROM iot_measurements GROUP BY device_id, time")})
+    events = server.query("SELECT count(*) FROM device_events WHERE type = 'hello'")[0][0]
+    missing = [(d, t, n, got.get((d, t), 0)) for (d, t), n in want.items() if got.get((d, t), 0) < n]
+    doubled = [(d, t, n, got[(d, t)]) for (d, t), n in want.items() if got.get((d, t), 0) > n]
+    return Tally(sum(want.values()), sum(got[k] for k in want), missing, doubled,
+                 sum(e.get("events", 0) for e in entries), events,
+                 sum(1 for e in entries if e.get("malformed")), 0)

@@ -1,0 +1,111 @@
+"""TimescaleSink: ``decoded_iot_data`` and ``device_events`` into PostgreSQL/TimescaleDB.
+
+A consumer group member (edge/consuming.py): batches by size and time, writes a batch in
+one database transaction (edge/sink_db.py: binary COPY into staging, then INSERT ... ON
+CONFLICT DO NOTHING), and commits the Kafka offsets only after the database committed.
+
+- The database away (connection refused, shut down, failover): the batch is kept, the
+  partitions paused, the write retried with backoff; nothing is committed meanwhile.
+- A record the database refuses (bad data: a NUL in a label, a value out of range) is
+  tried alone up to ``max_attempts`` times and then goes to ``<topic>.dlq`` with the
+  SQLSTATE and message; the rest of its batch is stored. A record that is not what the
+  topic carries (not a measurements envelope) goes there at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import Counter, Histogram
+
+from edge import log
+from edge.actor import ActorContext
+from edge.codecs import stream
+from edge.codecs.errors import CodecError
+from edge.config import KafkaConfig, PostgresConfig, SinkConfig
+from edge.consuming import ConsumingActor
+from edge.sink_db import SinkDb
+
+_log = log.get(__name__)
+
+ROWS = Counter("edge_sink_rows", "Measurement rows written (inserted) into iot_measurements")
+DUPLICATES = Counter("edge_sink_rows_duplicate", "Rows already stored (a replay), skipped by key")
+EVENTS = Counter("edge_sink_events", "Device events written")
+DB_SECONDS = Histogram("edge_sink_db_write_seconds", "One database transaction of the sink",
+                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCH_ROWS = Histogram("edge_sink_batch_rows", "Measurement rows per database transaction",
+                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 20000, 50000))
+
+
+class TimescaleSink(ConsumingActor):
+    retryable = (psycopg.OperationalError,)
+
+    def __init__(self, ctx: ActorContext, kafka: KafkaConfig, postgres: PostgresConfig,
+                 cfg: SinkConfig, client_id: str) -> None:
+        super().__init__(ctx, kafka, cfg.group, (kafka.decoded_topic, kafka.events_topic), client_id,
+                         cfg.batch_rows, cfg.batch_ms, cfg.retry_initial_s, cfg.retry_max_s)
+        self.cfg = cfg
+        self.db = SinkDb(postgres)
+
+    def close(self) -> None:
+        super().close()
+        self.db.close()
+
+    def process(self, records: list[ConsumerRecord]) -> None:
+        parsed: list[tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]] = []
+        dead: list[stream.Message] = []
+        for rec in records:
+            try:
+                if rec.topic == self.kafka.events_topic:
+                    parsed.append((rec, [], [stream.read_event(rec.value)]))
+                else:
+                    parsed.append((rec, stream.read_measurements(rec.value), []))
+            except CodecError as exc:
+                dead.append(self.dead_letter(rec, exc.reason, exc.message, exc.field))
+        try:
+            self._write([r for _, rows, _ in parsed for r in rows], [e for _, _, ev in parsed for e in ev])
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            _log.warning("sink_batch_refused", records=len(parsed), error=_describe(exc),
+                         action="writing each record alone")
+            dead += self._isolate(parsed)
+        if dead:
+            assert self.delivery is not None
+            self.delivery.deliver(dead)  # before the offsets move past them
+
+    def _write(self, rows: list[stream.Row], events: list[dict[str, Any]]) -> None:
+        start = time.monotonic()
+        inserted = self.db.write(rows, events)
+        DB_SECONDS.observe(time.monotonic() - start)
+        BATCH_ROWS.observe(len(rows))
+        ROWS.inc(inserted)
+        DUPLICATES.inc(len(rows) - inserted)
+        EVENTS.inc(len(events))
+
+    def _isolate(self, parsed: list[tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]]
+                 ) -> list[stream.Message]:
+        dead = []
+        for rec, rows, events in parsed:
+            error: psycopg.Error | None = None
+            for _ in range(self.cfg.max_attempts):
+                try:
+                    self._write(rows, events)
+                    error = None
+                    break
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:
+                    error = exc
+            if error is not None:
+                dead.append(self.dead_letter(rec, f"db_{error.sqlstate or 'error'}", _describe(error), None,
+                                       attempts=self.cfg.max_attempts))
+        return dead
+
+
+def _describe(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    return (diag.message_primary or str(exc)).strip() + (f" ({diag.context.strip()})" if diag.context else "")

@@ -1,0 +1,171 @@
+"""Server benchmark with the real services of scripts/services (start them first):
+
+    scripts/services up && .venv/bin/python bench/server.py [--records 200000]
+
+Prints, in one run:
+1. receiver -> Kafka: records/s the receiver's Kafka store gets acknowledged (acks=all,
+   idempotent producer) for uplink batches of 500 measurements, 8 batches per write;
+2. sink -> PostgreSQL, two ways: SinkDb alone (binary COPY + INSERT ON CONFLICT, 10,000
+   rows per transaction), and the TimescaleSink actor in an `edge server` process
+   draining the topic of step 1 (Kafka fetch, decode, write, offset commit);
+3. end-to-end latency device -> row at 1,000 msg/s: simulator-style publishes to the site
+   broker, through a gateway, the central broker, the receiver, Kafka and the sink,
+   p50 and p99 of the time until the row is readable in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from harness import Server, Site, to_toml, wait_until  # noqa: E402
+
+import psycopg  # noqa: E402
+
+from edge.codecs.records import Measurement  # noqa: E402
+from edge.codecs.uplink import Batch  # noqa: E402
+from edge.config import KafkaConfig, MqttConfig, PostgresConfig  # noqa: E402
+from edge.kafka_io import KafkaStore  # noqa: E402
+from edge.mqtt import make_client  # noqa: E402
+from edge.sink_db import SinkDb  # noqa: E402
+
+SITE, CENTRAL, KAFKA, PG = 18831, 18832, "127.0.0.1:19092", "postgresql://edge@127.0.0.1:54329/edge_test"
+
+
+def batches(n_records: int, per_batch: int = 500) -> list[Batch]:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    out, seq = [], 0
+    for b in range(n_records // per_batch):
+        records = [Measurement(t0 + timedelta(microseconds=seq + i), f"pm-{(seq + i) % 50:04d}", None, None,
+                               None, "voltage_dc", 750.0 + i % 50, "V", "iot/pm/telemetry")
+                   for i in range(per_batch)]
+        out.append(Batch("bench-gw", 1, seq, records, list(range(seq, seq + per_batch))))
+        seq += per_batch
+    return out
+
+
+def receiver_to_kafka(server: Server, n: int) -> float:
+    cfg = KafkaConfig(bootstrap_servers=(KAFKA,), decoded_topic=server.topics["decoded"],
+                      raw_topic=server.topics["raw"], events_topic=server.topics["events"])
+    store = KafkaStore(cfg, "bench-receiver")
+    work = batches(n)
+    store.write(work[:2])  # metadata, producer id
+    start = time.perf_counter()
+    for i in range(2, len(work), 8):
+        store.write(work[i:i + 8])
+    elapsed = time.perf_counter() - start
+    store.close()
+    return (len(work) - 2) * 500 / elapsed
+
+
+def sink_db_alone(server: Server, n: int) -> float:
+    pgc = PostgresConfig(host="127.0.0.1", port=54329, dbname=server.db, user="edge")
+    db = SinkDb(pgc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [(t0 + timedelta(microseconds=i), f"bench-{i % 50}", "", None, 0, "v", float(i), "V", "t",
+             f"b/1/{i}") for i in range(n)]
+    db.write(rows[:10], [])
+    start = time.perf_counter()
+    for i in range(10, n, 10_000):
+        db.write(rows[i:i + 10_000], [])
+    elapsed = time.perf_counter() - start
+    db.close()
+    return (n - 10) / elapsed
+
+
+def sink_actor(site: Site, server: Server, n: int) -> float:
+    cfg = dict(server.config)
+    cfg["server"] = {"receiver": False, "bridge": False, "decoder": False, "sink": True}
+    cfg["sink"] = {**cfg["sink"], "group": f"{site.name}-bench-sink", "batch_rows": 10_000, "batch_ms": 500.0}
+    (site.tmp / "server.toml").write_text(to_toml(cfg))
+    before = server.query("SELECT count(*) FROM iot_measurements")[0][0]
+    start = time.perf_counter()
+    site.start("server")
+    wait_until(lambda: server.query("SELECT count(*) FROM iot_measurements")[0][0] >= before + n, 600,
+               "the sink drained the topic", interval=0.05)
+    elapsed = time.perf_counter() - start
+    site.kill("server", 15)
+    return n / elapsed
+
+
+def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, int]:
+    pub = make_client(MqttConfig(port=SITE), f"lat-{uuid.uuid4().hex[:6]}")
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", SITE)
+    pub.loop_start()
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    conn = psycopg.connect(server.dsn, autocommit=True)
+
+    def poll():
+        since = datetime(1970, 1, 1, tzinfo=UTC)
+        while not stop.is_set() or (len(seen) < len(sent) and time.monotonic() - stopped[0] < 15):
+            for (t,) in conn.execute("SELECT time FROM iot_measurements WHERE device_id LIKE 'lat-%%' "
+                                     "AND time > %s", (since,)).fetchall():
+                seen.setdefault(t.isoformat().replace("+00:00", "Z"), time.monotonic())
+                since = max(since, t)
+            time.sleep(0.005)
+
+    stopped = [float("inf")]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    n = int(seconds * 1000)
+    began = time.monotonic()
+    for i in range(n):
+        ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        sent[ts] = time.monotonic()
+        pub.publish(f"homelab/latency/lat-{i % 10}", json.dumps({"timestamp": ts, "power_kw": 1.0}), qos=1)
+        delay = began + (i + 1) / 1000 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    stopped[0] = time.monotonic()
+    stop.set()
+    poller.join(30)
+    pub.disconnect()
+    pub.loop_stop()
+    conn.close()
+    ms = sorted((seen[t] - sent[t]) * 1000 for t in sent if t in seen)
+    return statistics.median(ms), ms[int(len(ms) * 0.99) - 1], len(sent) - len(ms)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--latency-s", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        name = f"bench{uuid.uuid4().hex[:8]}"
+        site = Site(Path(tmp), name, SITE, CENTRAL)
+        server = Server(site, KAFKA, PG, {"sink": {"batch_ms": 100.0}})
+        server.prepare()
+        try:
+            rate = receiver_to_kafka(server, args.records)
+            print(f"receiver -> Kafka (acks=all, idempotent): {rate:,.0f} records/s   target >= 50,000")
+            rate = sink_db_alone(server, args.records)
+            print(f"SinkDb binary COPY + ON CONFLICT, 10k/txn: {rate:,.0f} rows/s")
+            rate = sink_actor(site, server, args.records // 500 * 500)
+            print(f"sink actor, Kafka -> PostgreSQL (incl. start): {rate:,.0f} rows/s   target >= 150,000")
+            (site.tmp / "server.toml").write_text(to_toml(server.config))
+            site.start("server")
+            site.start("gateway")
+            time.sleep(2)
+            p50, p99, lost = latency(site, server, args.latency_s)
+            print(f"end to end device -> row at 1,000 msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                  f"{f' ({lost} not seen)' if lost else ''}   target p99 <= 500 ms")
+        finally:
+            site.stop_all()
+            server.drop()
+
+
+if __name__ == "__main__":
+    main()

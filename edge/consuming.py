@@ -1,0 +1,244 @@
+"""The base of the server's Kafka consumer actors (the stream decoder and the sink).
+
+One consumer per actor, in a consumer group: run more processes to share partitions.
+The actor polls in a loop of self-messages (a stop request is handled between two
+polls), collects records into a batch by size and age, hands the batch to
+``process`` (the subclass's durable work: produce and wait for Kafka's acks, or commit
+a database transaction) and only then commits the offsets it processed. Nothing is
+committed before it is durable downstream; a crash in between replays the batch, which
+every consumer here absorbs by record identity.
+
+When ``process`` raises one of ``retryable`` (the database is away), the batch is kept,
+the partitions are paused (polling continues, so the group keeps the member), and the
+batch is retried with capped exponential backoff. A rebalance flushes what it can before
+the partitions go; what it cannot is dropped *uncommitted* and the next owner replays it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Gauge, Histogram
+
+from edge import log
+from edge.actor import ActorContext, EdgeActor
+from edge.codecs.stream import Message, dead_letter
+from edge.config import KafkaConfig
+from edge.kafka_io import Delivery, consumer, producer
+
+_log = log.get(__name__)
+
+LAG = Gauge("edge_kafka_consumer_lag", "Records behind the partition's end",
+            ["group", "topic", "partition"])
+BATCH_RECORDS = Histogram("edge_consumer_batch_records", "Kafka records per processed batch",
+                          ["group"], buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000))
+PROCESS_SECONDS = Histogram("edge_consumer_process_seconds", "Time to process one batch durably",
+                            ["group"])
+COMMITTED = Counter("edge_consumer_records_committed", "Records whose offsets were committed",
+                    ["group"])
+RETRIES = Counter("edge_consumer_batch_retries", "Batches kept and retried after a retryable error",
+                  ["group"])
+DLQ = Counter("edge_dlq_records", "Records sent to a dead-letter topic", ["topic", "reason"])
+PAUSED = Gauge("edge_consumer_paused", "1 while consumption is paused waiting for a dependency",
+               ["group"])
+
+
+# Fault injection for the loss tests only: with this probability, the process exits right
+# after a batch became durable and before its offsets are committed (the window that
+# replays a batch). Unset in any real deployment.
+_EXIT_BEFORE_COMMIT = float(os.environ.get("EDGE_FAULT_EXIT_BEFORE_COMMIT", "0") or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    """Wake-up: poll once more."""
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, actor: ConsumingActor) -> None:
+        self.actor = actor
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.actor._revoked()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        _log.info("partitions_assigned", actor=self.actor.name, group=self.actor.group,
+                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class ConsumingActor(EdgeActor):
+    retryable: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, ctx: ActorContext, kafka: KafkaConfig, group: str, topics: tuple[str, ...],
+                 client_id: str, batch_max: int, batch_ms: float, retry_initial_s: float = 0.5,
+                 retry_max_s: float = 15.0) -> None:
+        super().__init__(ctx)
+        self.kafka, self.group, self.topics, self.client_id = kafka, group, topics, client_id
+        self.batch_max, self.batch_s = batch_max, batch_ms / 1000
+        self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self.consumer: Any = None
+        self.delivery: Delivery | None = None
+        self.pending: list[ConsumerRecord] = []
+        self.batch_started = 0.0
+        self.retry_at: float | None = None
+        self.retry_delay = retry_initial_s
+        self.lag_at = 0.0
+        self.committed: dict[TopicPartition, int] = {}
+        self.next_offset: dict[TopicPartition, int] = {}  # after the last record taken
+        self._paused = PAUSED.labels(group)
+
+    # -- subclass API ------------------------------------------------------------------
+    def process(self, records: list[ConsumerRecord]) -> None:
+        """Make the batch durable downstream; return only when it is. Raise to retry."""
+        raise NotImplementedError
+
+    def dead_letter(self, rec: ConsumerRecord, reason: str, detail: str, field: str | None,
+                    **context: Any) -> Message:
+        """The record, kept with why, for ``<topic>.dlq``: counted and logged here."""
+        DLQ.labels(rec.topic + ".dlq", reason).inc()
+        _log.warning("dead_letter", actor=self.name, topic=rec.topic, partition=rec.partition,
+                     offset=rec.offset, reason=reason, field=field, detail=detail[:300], **context)
+        return dead_letter(rec.topic, rec.key, rec.value, rec.headers, rec.partition, rec.offset,
+                           reason, detail, field)
+
+    def opened(self) -> None:
+        """Open what ``process`` needs (called once the clients exist)."""
+
+    # -- loop --------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.delivery = Delivery(producer(self.kafka, f"{self.client_id}-out"))
+        self.consumer = consumer(self.kafka, self.client_id, self.group, self.batch_max)
+        self.consumer.subscribe(list(self.topics), listener=_Listener(self))
+        self.opened()
+        self.tell_self(_Poll())
+
+    def close(self) -> None:
+        if self.delivery is not None:
+            self.delivery.close()
+            self.delivery = None
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False, timeout_ms=5_000)
+            except KafkaError:
+                pass
+            self.consumer = None
+
+    def handle(self, message: Any) -> Any:
+        match message:
+            case _Poll():
+                if self.consumer is not None:
+                    self._step()
+                    self.tell_self(message)
+            case _:
+                raise TypeError(f"{self.name} got an unknown message {message!r}")
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"state": "running", "pending": len(self.pending), "paused": self.retry_at is not None}
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self.retry_at is not None:
+            assigned = self.consumer.assignment()
+            if assigned:
+                self.consumer.pause(*assigned)
+            self._take(self.consumer.poll(timeout_ms=max(0, min(500, (self.retry_at - now) * 1000))))
+            if time.monotonic() >= self.retry_at and self.retry_at is not None:
+                self._flush()
+            return
+        room = self.batch_max - len(self.pending)
+        wait_ms = 100 if not self.pending else max(0, (self.batch_started + self.batch_s - now) * 1000)
+        self._take(self.consumer.poll(timeout_ms=min(wait_ms, 100), max_records=max(1, room)))
+        if self.pending and (len(self.pending) >= self.batch_max
+                             or time.monotonic() - self.batch_started >= self.batch_s):
+            self._flush()
+        if now - self.lag_at > 2.0:
+            self.lag_at = now
+            self._lag()
+
+    def _take(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in polled.items():
+            if records:
+                if not self.pending:
+                    self.batch_started = time.monotonic()
+                self.pending.extend(records)
+                self.next_offset[tp] = records[-1].offset + 1
+
+    def _flush(self) -> bool:
+        batch = self.pending
+        start = time.monotonic()
+        try:
+            self.process(batch)
+        except self.retryable as exc:
+            RETRIES.labels(self.group).inc()
+            self.retry_at = time.monotonic() + self.retry_delay
+            _log.warning("batch_retry", actor=self.name, group=self.group, records=len(batch),
+                         error=f"{type(exc).__name__}: {str(exc).strip()[:300]}",
+                         retry_in_s=round(self.retry_delay, 2))
+            self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
+            self._paused.set(1)
+            return False
+        PROCESS_SECONDS.labels(self.group).observe(time.monotonic() - start)
+        BATCH_RECORDS.labels(self.group).observe(len(batch))
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        self.pending = []
+        if _EXIT_BEFORE_COMMIT and random.random() < _EXIT_BEFORE_COMMIT:
+            _log.warning("fault_injected", actor=self.name, fault="exit before offset commit",
+                         records=len(batch))
+            os._exit(86)
+        try:
+            self.consumer.commit(offsets)
+            self.committed.update((tp, om.offset) for tp, om in offsets.items())
+            COMMITTED.labels(self.group).inc(len(batch))
+        except (CommitFailedError, KafkaError) as exc:
+            # Processed durably but not committed (a rebalance took the partitions): the
+            # next owner replays these records, and identity keys absorb the replay.
+            _log.warning("commit_failed", actor=self.name, group=self.group, records=len(batch),
+                         error=repr(exc))
+        if self.retry_at is not None:
+            self.retry_at, self.retry_delay = None, self.retry_initial_s
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+                # Fetch exactly where this actor stopped taking records: a resumed
+                # partition must never skip ahead (kafka-python issue #2011).
+                for tp in paused:
+                    if tp in self.next_offset:
+                        self.consumer.seek(tp, self.next_offset[tp])
+            self._paused.set(0)
+            _log.info("batch_resumed", actor=self.name, group=self.group)
+        return True
+
+    def _revoked(self) -> None:
+        if self.pending and not self._flush():
+            _log.info("batch_dropped_on_rebalance", actor=self.name, records=len(self.pending))
+        self.pending = []
+        self.committed.clear()
+        self.next_offset.clear()
+        self.retry_at, self.retry_delay = None, self.retry_initial_s
+        self._paused.set(0)
+
+    def _lag(self) -> None:
+        try:
+            for tp in self.consumer.assignment():
+                high = self.consumer.highwater(tp)
+                if high is None:
+                    continue
+                # Lag is counted from what is committed (durable), not merely fetched.
+                position = self.committed.get(tp) or self.consumer.position(tp, timeout_ms=100)
+                if position is not None:
+                    LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - position))
+        except KafkaError:
+            pass

@@ -1,0 +1,186 @@
+"""Apache Kafka for the server's actors: clients built from ``[kafka]``, and delivery that
+only returns once Kafka has every record (acks=all, idempotent producer).
+
+``Delivery.deliver(messages)`` is the primitive behind every "ack only after Kafka has
+it" in the ack chain: it sends, waits for every future, and sends again what failed
+(broker down, leader moving), with a capped backoff, until all are acknowledged or the
+owner stops. It never returns early: callers ack MQTT or commit offsets after it.
+Resending after a failed future can write a record twice to Kafka; everything
+downstream is keyed by the record's identity, so that costs space, never a double row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from prometheus_client import Counter, Histogram
+
+from edge import log
+from edge.codecs.stream import Message, Topics, from_batch, raw
+from edge.codecs.uplink import Batch
+from edge.config import KafkaConfig
+from edge.errors import EdgeError
+
+_log = log.get(__name__)
+
+PRODUCED = Counter("edge_kafka_produced", "Records Kafka acknowledged", ["topic"])
+PRODUCE_RETRIES = Counter("edge_kafka_produce_retries", "Records sent again after a failed delivery",
+                          ["topic"])
+DELIVER_SECONDS = Histogram("edge_kafka_deliver_seconds", "Time until Kafka acknowledged a whole set",
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+
+class Stopped(EdgeError):
+    """Delivery gave up because its owner is stopping; nothing was acknowledged upstream."""
+
+
+def _common(cfg: KafkaConfig, client_id: str) -> dict:
+    out: dict = {"bootstrap_servers": list(cfg.bootstrap_servers), "client_id": client_id}
+    if cfg.sasl_username:
+        out.update(security_protocol="SASL_SSL" if cfg.tls else "SASL_PLAINTEXT",
+                   sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
+                   sasl_plain_password=cfg.sasl_password.reveal())
+    elif cfg.tls:
+        out["security_protocol"] = "SSL"
+    if cfg.tls and cfg.ca_file:
+        out["ssl_cafile"] = cfg.ca_file
+    return out
+
+
+def producer(cfg: KafkaConfig, client_id: str) -> KafkaProducer:
+    return KafkaProducer(**_common(cfg, client_id), acks="all", enable_idempotence=True,
+                         linger_ms=cfg.linger_ms, batch_size=256 * 1024,
+                         compression_type=None if cfg.compression == "none" else cfg.compression,
+                         max_request_size=8 * 1024 * 1024)
+
+
+def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int) -> KafkaConsumer:
+    return KafkaConsumer(**_common(cfg, client_id), group_id=group, enable_auto_commit=False,
+                         auto_offset_reset="earliest", max_poll_records=max_poll_records,
+                         isolation_level="read_committed",
+                         # New topics or partitions are noticed (and rebalanced) within 30 s.
+                         metadata_max_age_ms=30_000,
+                         # A member that died is replaced after 10 s, not the default 45 s.
+                         session_timeout_ms=10_000, heartbeat_interval_ms=3_000)
+
+
+class Delivery:
+    def __init__(self, producer: KafkaProducer, wait_s: float = 5.0, backoff_max_s: float = 10.0) -> None:
+        self.producer = producer
+        self.wait_s, self.backoff_max_s = wait_s, backoff_max_s
+        self.stopping = threading.Event()
+
+    def deliver(self, messages: Sequence[Message]) -> None:
+        start = time.monotonic()
+        todo = list(messages)
+        delay = 0.25
+        while todo:
+            futures = []
+            failed: list[Message] = []
+            for m in todo:
+                try:
+                    futures.append((m, self.producer.send(m.topic, key=m.key, value=m.value,
+                                                          headers=m.headers)))
+                except KafkaTimeoutError:  # no metadata within max_block_ms: Kafka is away
+                    failed.append(m)
+            for m, f in futures:
+                while not f.is_done:
+                    try:
+                        self.producer.flush(timeout=self.wait_s)
+                    except KafkaTimeoutError:
+                        pass
+                    if self.stopping.is_set() and not f.is_done:
+                        raise Stopped("stopping while Kafka had not acknowledged a delivery")
+                if f.failed():
+                    failed.append(m)
+                else:
+                    PRODUCED.labels(m.topic).inc()
+            if failed:
+                error = next((f.exception for _, f in futures if f.is_done and f.failed()), None)
+                _log.warning("kafka_delivery_failed", records=len(failed), topic=failed[0].topic,
+                             error=repr(error) if error else "no metadata (broker unreachable)",
+                             retry_in_s=delay)
+                for m in failed:
+                    PRODUCE_RETRIES.labels(m.topic).inc()
+                if self.stopping.wait(delay):
+                    raise Stopped("stopping while Kafka had not acknowledged a delivery")
+                delay = min(delay * 2, self.backoff_max_s)
+            todo = failed
+        DELIVER_SECONDS.observe(time.monotonic() - start)
+
+    def close(self) -> None:
+        self.stopping.set()
+        try:
+            self.producer.close(timeout=5)
+        except KafkaError:
+            pass
+
+
+class KafkaStore:
+    """The distributed deployment's ``RecordStore`` (edge/store.py) for the UplinkReceiver:
+    measurements to the decoded topic, events and gap records to the events topic,
+    quarantined messages raw to the raw topic, unreadable frames to ``<raw>.dlq``.
+    ``write`` returns only when Kafka acknowledged every record (acks=all): then, and only
+    then, the receiver confirms the batch to the gateway."""
+
+    def __init__(self, cfg: KafkaConfig, client_id: str) -> None:
+        self.topics = Topics(cfg.decoded_topic, cfg.raw_topic, cfg.events_topic)
+        self.delivery = Delivery(producer(cfg, client_id))
+
+    def write(self, batches: list[Batch]) -> None:
+        messages: list[Message] = []
+        for batch in batches:
+            messages += from_batch(batch, self.topics)
+        self.delivery.deliver(messages)
+
+    def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
+        gateway = topic.split("/")[1] if topic.count("/") == 2 else None
+        self.delivery.deliver([raw(self.topics.raw + ".dlq", topic, frame, datetime.now(UTC), gateway,
+                                   gateway=gateway, dlq_reason=reason, dlq_detail=detail[:2000])])
+
+    def close(self) -> None:
+        self.delivery.close()
+
+
+def ensure_topics(cfg: KafkaConfig, client_id: str, extra: Sequence[str] = ()) -> list[str]:
+    """Create the server's topics (and their dead-letter topics) that do not exist yet,
+    with ``partitions`` and ``replication_factor``; return the names created. A broker
+    that is not reachable is reported and left to auto-creation."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = [cfg.decoded_topic, cfg.raw_topic, cfg.events_topic, *extra]
+    names += [n + ".dlq" for n in list(names)]
+    try:
+        admin = KafkaAdminClient(**_common(cfg, client_id), request_timeout_ms=10_000)
+    except KafkaError as exc:
+        _log.warning("kafka_topics_unchecked", error=repr(exc))
+        return []
+    try:
+        missing = sorted(set(names) - set(admin.list_topics()))
+        if missing:
+            try:
+                admin.create_topics([NewTopic(n, cfg.partitions, cfg.replication_factor)
+                                     for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # another server process made them meanwhile
+            # A consumer that joins its group before the broker serves the new topics'
+            # metadata gets no partitions until its next metadata refresh: wait for them.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                described = admin.describe_topics(missing)
+                if all(t.get("partitions") and not t.get("error_code") for t in described):
+                    break
+                time.sleep(0.2)
+            _log.info("kafka_topics_created", topics=missing, partitions=cfg.partitions)
+        return missing
+    except KafkaError as exc:
+        _log.warning("kafka_topics_unchecked", error=repr(exc))
+        return []
+    finally:
+        admin.close()

@@ -1,0 +1,177 @@
+"""The sink's writes to PostgreSQL/TimescaleDB: one transaction per batch.
+
+Measurements go in by binary COPY into a temporary staging table, then
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``iot_measurements``: a replayed
+batch (the process died between the database commit and the offset commit) inserts
+nothing. On plain PostgreSQL the hourly rollup is updated from the rows that were
+*actually inserted* (``RETURNING``), in the same statement, so it stays exact under
+replays; on TimescaleDB the continuous aggregate does that work. Events, gap records
+and device state are written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+
+from edge.codecs.stream import Row
+from edge.config import PostgresConfig
+from edge.errors import EdgeError
+from edge.pg import connect, pending
+
+COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
+TYPES = ["timestamptz", "text", "text", "int2", "int4", "text", "float8", "text", "text", "text"]
+KEY = "device_id, connector_mode, pin_position, label"
+
+_INSERT = f"""INSERT INTO iot_measurements ({COLUMNS}) SELECT {COLUMNS} FROM edge_staging
+ON CONFLICT DO NOTHING"""
+_INSERT_WITH_ROLLUP = f"""WITH ins AS ({_INSERT} RETURNING time, {KEY}, value),
+roll AS (INSERT INTO iot_measurements_hourly AS h (bucket, {KEY}, n, sum, min, max)
+    SELECT date_trunc('hour', time, 'UTC'), {KEY}, count(*), sum(value), min(value), max(value)
+    FROM ins GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT ({KEY}, bucket) DO UPDATE SET n = h.n + EXCLUDED.n, sum = h.sum + EXCLUDED.sum,
+        min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max))
+SELECT count(*) FROM ins"""
+
+_STATE = """INSERT INTO device_state AS s (device_id, first_seen, last_seen, status, status_at,
+    fw_version, last_seq, last_event, gateway_id)
+VALUES (%(device)s, %(first)s, %(last)s, %(status)s, %(status_at)s, %(fw)s, %(seq)s, %(event)s, %(gw)s)
+ON CONFLICT (device_id) DO UPDATE SET
+    first_seen = least(s.first_seen, EXCLUDED.first_seen),
+    last_seen = greatest(s.last_seen, EXCLUDED.last_seen),
+    status = CASE WHEN EXCLUDED.status_at >= coalesce(s.status_at, '-infinity')
+                  THEN EXCLUDED.status ELSE s.status END,
+    status_at = greatest(s.status_at, EXCLUDED.status_at),
+    fw_version = coalesce(EXCLUDED.fw_version, s.fw_version),
+    last_seq = coalesce(EXCLUDED.last_seq, s.last_seq),
+    last_event = coalesce(EXCLUDED.last_event, s.last_event),
+    gateway_id = coalesce(EXCLUDED.gateway_id, s.gateway_id),
+    updated_at = now()"""
+
+
+class SchemaNotReady(EdgeError):
+    """The database lacks migrations: run ``edge server migrate``."""
+
+
+class SinkDb:
+    def __init__(self, cfg: PostgresConfig) -> None:
+        self.cfg = cfg
+        self.conn: psycopg.Connection | None = None
+        self.rollup = False
+        self.partitions: set[date] = set()
+
+    def connect(self) -> None:
+        conn = connect(self.cfg, autocommit=True)
+        try:
+            missing = pending(conn)
+            if missing:
+                raise SchemaNotReady(f"database {self.cfg.dbname} on {self.cfg.host}:{self.cfg.port} "
+                                     f"lacks migrations {', '.join(missing)}: run `edge server migrate`")
+            row = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
+            self.rollup = row is not None and row[0] == "postgres"
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS edge_staging "
+                         "(LIKE iot_measurements INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def write(self, rows: Sequence[Row], events: Sequence[dict[str, Any]]) -> int:
+        """One transaction; returns the number of measurement rows actually inserted."""
+        if self.conn is None or self.conn.closed:
+            self.connect()
+        conn = self.conn
+        assert conn is not None
+        try:
+            self._partitions(conn, rows)
+            inserted = 0
+            with conn.transaction():
+                if rows:
+                    with conn.cursor() as cur:
+                        with cur.copy(f"COPY edge_staging ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
+                            cp.set_types(TYPES)
+                            for row in rows:
+                                cp.write_row(row)
+                        if self.rollup:
+                            inserted = cur.execute(_INSERT_WITH_ROLLUP).fetchone()[0]
+                        else:
+                            inserted = cur.execute(_INSERT).rowcount
+                if events:
+                    self._events(conn, events)
+                self._state(conn, rows, events)
+            return inserted
+        except psycopg.OperationalError:
+            self.close()  # a broken connection is not reused
+            raise
+
+    def _partitions(self, conn: psycopg.Connection, rows: Iterable[Row]) -> None:
+        days = {r[0].date() for r in rows} - self.partitions
+        for day in sorted(days):
+            conn.execute("SELECT edge_ensure_partition(%s)", (day,))
+            self.partitions.add(day)
+
+    @staticmethod
+    def _events(conn: psycopg.Connection, events: Sequence[dict[str, Any]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO device_events (event_key, time, device_id, type, gateway_id, body) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(e["key"], e["time"], e["device_id"], e["type"], e.get("gateway"),
+                  json.dumps(e, ensure_ascii=False)) for e in events])
+            gaps = [e for e in events if e["type"] == "gap"]
+            if gaps:
+                cur.executemany(
+                    "INSERT INTO sequence_gaps (gateway_id, boot_epoch, first_seq, last_seq, count, "
+                    "reason, time) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(e["gateway"], int(e["key"].split("/")[-2]), e["first_seq"], e["last_seq"],
+                      e["count"], e["reason"], e["time"]) for e in gaps])
+
+    @staticmethod
+    def _state(conn: psycopg.Connection, rows: Sequence[Row], events: Sequence[dict[str, Any]]) -> None:
+        state: dict[str, dict[str, Any]] = {}
+
+        def seen(device: str, t: datetime | str) -> dict[str, Any]:
+            if isinstance(t, str):
+                t = datetime.fromisoformat(t)
+            s = state.get(device)
+            if s is None:
+                s = state[device] = {"device": device, "first": t, "last": t, "status": None,
+                                     "status_at": None, "fw": None, "seq": None, "event": None,
+                                     "gw": None}
+            else:
+                s["first"], s["last"] = min(s["first"], t), max(s["last"], t)
+            return s
+
+        for r in rows:
+            s = state.get(r[1])
+            if s is None:
+                s = seen(r[1], r[0])
+                gw = r[9].split("/", 1)[0]
+                s["gw"] = None if gw.startswith("kafka:") else gw
+            elif r[0] < s["first"]:
+                s["first"] = r[0]
+            elif r[0] > s["last"]:
+                s["last"] = r[0]
+        for e in events:
+            if e["type"] == "gap":
+                continue
+            s = seen(e["device_id"], e["time"])
+            s["event"], s["gw"] = e["type"], e.get("gateway") or s["gw"]
+            if e.get("seq") is not None:
+                s["seq"] = e["seq"]
+            if e["type"] == "hello":
+                s["fw"] = e.get("fw_version")
+            elif e["type"] == "status":
+                s["status"], s["status_at"] = e.get("status"), datetime.fromisoformat(e["time"])
+        if state:
+            with conn.cursor() as cur:
+                cur.executemany(_STATE, list(state.values()))

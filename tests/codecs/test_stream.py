@@ -1,0 +1,83 @@
+"""The Kafka record formats (codecs/stream.py): round trips, grouping, identities, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.codecs import stream
+from edge.codecs.records import Gap, Hello, Measurement, Quarantined
+from edge.codecs.uplink import Batch
+
+T0 = datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def m(device: str, label: str, value: float, t: datetime = T0, mode: str | None = "sensor-mode",
+      pin: int | None = 1) -> Measurement:
+    return Measurement(t, device, mode, 1 if mode else None, pin, label, value, "V", f"tele/{device}")
+
+
+def test_a_batch_becomes_one_message_per_device_with_identities_and_the_rest_by_kind():
+    records = [m("a", "x", 1.0), m("b", "x", 2.0), m("a", "y", 3.0, mode=None, pin=None),
+               Hello(T0, "a", "iot/a/hello", 7, "1.2.3", 10, 1, 5.0),
+               Quarantined(T0, "iot/c/telemetry", b"\xff", "bad_json", "not JSON", None, 0),
+               Gap(T0, 100, 109, 10, "quota")]
+    batch = Batch("gw-1", 17, 40, records, [40, 41, 42, 43, 44, 45])
+    out = stream.from_batch(batch, stream.Topics("dec", "raw", "ev"))
+    by_topic = {}
+    for msg in out:
+        by_topic.setdefault(msg.topic, []).append(msg)
+    assert sorted(msg.key for msg in by_topic["dec"]) == [b"a", b"b"]
+    rows = {r[-1]: r for msg in by_topic["dec"] for r in stream.read_measurements(msg.value)}
+    assert set(rows) == {"gw-1/17/40", "gw-1/17/41", "gw-1/17/42"}
+    assert rows["gw-1/17/40"] == (T0, "a", "sensor-mode", 1, 1, "x", 1.0, "V", "tele/a", "gw-1/17/40")
+    assert rows["gw-1/17/42"][2:5] == ("", None, 0)  # no connector/pin: the key's stand-ins
+    (raw,) = by_topic["raw"]
+    assert raw.value == b"\xff" and stream.header(raw.headers, "reason") == "bad_json"
+    assert stream.header(raw.headers, "source") == "gw-1/17/44"
+    assert stream.header(raw.headers, "mqtt_topic") == "iot/c/telemetry"
+    events = [stream.read_event(msg.value) for msg in by_topic["ev"]]
+    assert [(e["type"], e["key"], e["device_id"]) for e in events] == [
+        ("hello", "gw-1/17/43", "a"), ("gap", "gw-1/17/45", "gw-1")]
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**40), st.floats(allow_nan=False, allow_infinity=False)),
+                min_size=1, max_size=50))
+def test_measurement_times_and_values_survive_the_envelope_exactly(items):
+    numbered = [(n, m("d", f"l{i}", v, T0 + timedelta(microseconds=n)))
+                for i, (n, v) in enumerate(items)]
+    (msg,) = stream.measurements("src", numbered, "dec")
+    rows = stream.read_measurements(msg.value)
+    assert [(r[0], r[6], r[9]) for r in rows] == [(x.time, x.value, f"src/{n}") for n, x in numbered]
+
+
+@pytest.mark.parametrize("value, reason, field", [
+    (b"\xc1", "bad_envelope", None),
+    (msgpack.packb({"v": 9, "src": "s", "r": []}), "bad_envelope", "v"),
+    (msgpack.packb({"v": 1, "src": "s"}), "bad_envelope", "r"),
+    (msgpack.packb({"v": 1, "src": "s", "r": [[1, 2, 3]]}), "bad_record", "r[0]"),
+])
+def test_a_record_that_is_not_a_measurements_envelope_says_what_is_wrong(value, reason, field):
+    with pytest.raises(stream.StreamError) as info:
+        stream.read_measurements(value)
+    assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_dead_letters_keep_the_original_and_name_reason_field_and_coordinates():
+    msg = stream.dead_letter("raw", b"k", b"payload", [("mqtt_topic", b"t/1"), ("dlq_reason", b"old")],
+                             2, 881, "bad_crc", "crc mismatch", "crc")
+    assert (msg.topic, msg.key, msg.value) == ("raw.dlq", b"k", b"payload")
+    headers = dict(msg.headers)
+    assert headers == {"mqtt_topic": b"t/1", "dlq_reason": b"bad_crc", "dlq_detail": b"crc mismatch",
+                       "dlq_source": b"raw/2/881", "dlq_field": b"crc"}
+
+
+def test_events_without_the_fields_a_sink_needs_are_refused():
+    with pytest.raises(stream.StreamError, match="key"):
+        stream.read_event(b'{"type": "hello", "time": "x", "device_id": "d"}')
+    with pytest.raises(stream.StreamError):
+        stream.read_event(b"[1]")

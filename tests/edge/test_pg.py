@@ -1,0 +1,126 @@
+"""Migrations, the registry in PostgreSQL and the sink's writes, against the real server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from edge import pg, registry_db
+from edge.codecs import registry as registry_mod
+from edge.config import PostgresConfig
+from edge.sink_db import SchemaNotReady, SinkDb
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
+
+
+@pytest.fixture
+def db(pg_dsn, unique):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{unique}"')
+    userinfo, hostpart = pg_dsn.split("://", 1)[1].split("@", 1)
+    host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
+    cfg = PostgresConfig(host=host, port=int(port), dbname=unique, user=userinfo)
+    yield cfg
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{unique}" WITH (FORCE)')
+
+
+def test_migrations_apply_once_and_are_recorded_with_their_variant(db):
+    with pg.connect(db, autocommit=True) as conn:
+        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations"]
+        applied = pg.migrate(conn)
+        assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all")]
+        assert pg.migrate(conn) == []
+        assert pg.pending(conn) == []
+        rows = conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall()
+        assert rows == [(1, "all"), (2, "postgres"), (3, "all")]
+        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone() == ("p",)
+
+
+def test_an_applied_migration_that_changed_is_an_error_naming_it(db, tmp_path):
+    for f in pg.migrations_dir().glob("*.sql"):
+        shutil.copy(f, tmp_path / f.name)
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn, tmp_path)
+        path = tmp_path / "0003_operations.sql"
+        path.write_text(path.read_text() + "\n-- edited afterwards\n")
+        with pytest.raises(pg.MigrationError, match="0003_operations .*never change"):
+            pg.migrate(conn, tmp_path)
+
+
+def test_a_failing_migration_is_rolled_back_and_names_the_file(db, tmp_path):
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE a (x int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE b (x int); SELECT nope FROM nowhere;")
+    with pg.connect(db, autocommit=True) as conn:
+        with pytest.raises(pg.MigrationError, match="0002_bad .*nowhere"):
+            pg.migrate(conn, tmp_path)
+        assert conn.execute("SELECT to_regclass('a'), to_regclass('b')").fetchone() == ("a", None)
+        assert conn.execute("SELECT array_agg(version) FROM schema_migrations").fetchone() == ([1],)
+
+
+def test_the_registry_round_trips_through_postgres_and_reloading_changes_nothing(db):
+    text = (REPO / "fixtures" / "registry.toml").read_text()
+    reg = registry_mod.loads(text)
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+        assert registry_db.load(conn, reg, "r.toml", text) == (True, 1)
+        assert registry_db.load(conn, reg, "r.toml", text) == (False, 1)
+        version, back = registry_db.read(conn)
+        assert (version, back) == (1, reg)
+        # An edited template replaces its data points and moves the version.
+        edited = text.replace('label = "CO2"', 'label = "Carbon dioxide"')
+        assert edited != text
+        changed, v2 = registry_db.load(conn, registry_mod.loads(edited), "r.toml", edited)
+        assert (changed, v2) == (True, 2)
+        labels = {r[0] for r in conn.execute("SELECT label FROM data_points")}
+        assert "Carbon dioxide" in labels and "CO2" not in labels
+
+
+def test_sink_refuses_an_unmigrated_database_and_writes_idempotently_with_an_exact_rollup(db):
+    sink = SinkDb(db)
+    with pytest.raises(SchemaNotReady, match="edge server migrate"):
+        sink.connect()
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    old = datetime(2023, 5, 25, 15, 13, 10, 543400, tzinfo=UTC)  # a day with no partition yet
+    rows = [(old, "dev", "", None, 0, "v", 1.5, "V", "t", "gw/1/1"),
+            (old.replace(minute=50), "dev", "", None, 0, "v", 2.5, "V", "t", "gw/1/2")]
+    event = {"key": "gw/1/3", "type": "hello", "time": "2023-05-25T15:14:00Z", "device_id": "dev",
+             "gateway": "gw", "seq": 9, "fw_version": "2.0.1"}
+    try:
+        assert sink.write(rows, [event]) == 2
+        assert sink.write(rows, [event]) == 0  # a replay
+    finally:
+        sink.close()
+    with pg.connect(db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM iot_measurements_20230525").fetchone() == (2,)
+        assert conn.execute("SELECT n, sum, min, max FROM iot_measurements_hourly").fetchone() == (2, 4.0, 1.5, 2.5)
+        assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1,)
+        state = conn.execute("SELECT fw_version, last_seq, gateway_id, last_seen FROM device_state").fetchone()
+        assert state == ("2.0.1", 9, "gw", datetime(2023, 5, 25, 15, 50, 10, 543400, tzinfo=UTC))
+
+
+def test_cli_migrate_and_registry_load_report_what_they_did(db, tmp_path):
+    toml = tmp_path / "server.toml"
+    toml.write_text(f'[postgres]\nhost = "{db.host}"\nport = {db.port}\ndbname = "{db.dbname}"\nuser = "{db.user}"\n')
+    reg = str(REPO / "fixtures" / "registry.toml")
+    out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
+    assert out.returncode == 2 and "edge server migrate" in out.stderr
+    out = subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "applied 0002_measurements (postgres)" in out.stdout and "storage postgres" in out.stdout
+    out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
+    assert out.returncode == 0 and "loaded, registry version 1 (7 templates, 4 controllers" in out.stdout
+    out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
+    assert "unchanged, registry version 1" in out.stdout
+    toml.write_text('[postgres]\nhost = "127.0.0.1"\nport = 9\n')
+    out = subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True, text=True)
+    assert out.returncode == 69 and "cannot reach PostgreSQL at 127.0.0.1:9" in out.stderr
