@@ -82,7 +82,7 @@ def sink_db_alone(server: Server, n: int) -> float:
     return (n - 10) / elapsed
 
 
-def sink_actor(site: Site, server: Server, n: int) -> float:
+def sink_actor(site: Site, server: Server, n: int) -> tuple[float, float]:
     cfg = dict(server.config)
     cfg["server"] = {"receiver": False, "bridge": False, "decoder": False, "sink": True}
     cfg["sink"] = {**cfg["sink"], "group": f"{site.name}-bench-sink", "batch_rows": 10_000, "batch_ms": 500.0}
@@ -90,11 +90,18 @@ def sink_actor(site: Site, server: Server, n: int) -> float:
     before = server.query("SELECT count(*) FROM iot_measurements")[0][0]
     start = time.perf_counter()
     site.start("server")
-    wait_until(lambda: server.query("SELECT count(*) FROM iot_measurements")[0][0] >= before + n, 600,
-               "the sink drained the topic", interval=0.05)
-    elapsed = time.perf_counter() - start
+    first = [0.0]
+
+    def progress() -> bool:
+        count = server.query("SELECT count(*) FROM iot_measurements")[0][0] - before
+        if count and not first[0]:
+            first[0] = time.perf_counter()
+        return count >= n
+
+    wait_until(progress, 600, "the sink drained the topic", interval=0.02)
+    end = time.perf_counter()
     site.kill("server", 15)
-    return n / elapsed
+    return n / (end - first[0]), n / (end - start)
 
 
 def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, int]:
@@ -110,8 +117,9 @@ def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, i
     def poll():
         since = datetime(1970, 1, 1, tzinfo=UTC)
         while not stop.is_set() or (len(seen) < len(sent) and time.monotonic() - stopped[0] < 15):
+            # Partitions commit out of time order: look back 5 s past the newest row seen.
             for (t,) in conn.execute("SELECT time FROM iot_measurements WHERE device_id LIKE 'lat-%%' "
-                                     "AND time > %s", (since,)).fetchall():
+                                     "AND time > %s", (since - timedelta(seconds=5),)).fetchall():
                 seen.setdefault(t.isoformat().replace("+00:00", "Z"), time.monotonic())
                 since = max(since, t)
             time.sleep(0.005)
@@ -153,8 +161,9 @@ def main() -> None:
             print(f"receiver -> Kafka (acks=all, idempotent): {rate:,.0f} records/s   target >= 50,000")
             rate = sink_db_alone(server, args.records)
             print(f"SinkDb binary COPY + ON CONFLICT, 10k/txn: {rate:,.0f} rows/s")
-            rate = sink_actor(site, server, args.records // 500 * 500)
-            print(f"sink actor, Kafka -> PostgreSQL (incl. start): {rate:,.0f} rows/s   target >= 150,000")
+            rate, with_start = sink_actor(site, server, args.records // 500 * 500)
+            print(f"sink actor, Kafka -> PostgreSQL: {rate:,.0f} rows/s from the first row to the last "
+                  f"({with_start:,.0f} counting process start and group join)   target >= 150,000")
             (site.tmp / "server.toml").write_text(to_toml(server.config))
             site.start("server")
             site.start("gateway")
