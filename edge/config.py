@@ -140,6 +140,9 @@ class KafkaConfig:
     sasl_password: Secret = field(default_factory=Secret)
     linger_ms: int = _checked(5, _check_non_negative)
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
+    # A consumer that dies is replaced after this long. Long batches (a refused batch written
+    # record by record) must stay well inside it.
+    session_timeout_ms: int = _checked(30_000, _check_positive)
     partitions: int = _checked(6, _check_positive)  # topics the server creates at start
     replication_factor: int = _checked(1, _check_positive)
     decoded_topic: str = _checked("decoded_iot_data", _check_non_empty)

@@ -116,9 +116,23 @@ class ConsumingActor(EdgeActor):
     def on_start(self) -> None:
         self.delivery = Delivery(producer(self.kafka, f"{self.client_id}-out"))
         self.consumer = consumer(self.kafka, self.client_id, self.group, self.batch_max)
+        self._await_metadata()
         self.consumer.subscribe(list(self.topics), listener=_Listener(self))
         self.opened()
         self.tell_self(_Poll())
+
+    def _await_metadata(self, timeout_s: float = 30.0) -> None:
+        """Join the group only once this client knows the topics' partitions: a member that
+        joins without them is assigned nothing and, seen here, may stay so."""
+        deadline = time.monotonic() + timeout_s
+        missing = list(self.topics)
+        while missing and time.monotonic() < deadline:
+            missing = [t for t in missing if not self.consumer.partitions_for_topic(t)]
+            if missing:
+                time.sleep(0.2)
+        if missing:
+            _log.warning("topics_without_metadata", actor=self.name, topics=missing,
+                         detail="subscribing anyway; partitions are picked up when they appear")
 
     def close(self) -> None:
         if self.delivery is not None:

@@ -65,8 +65,8 @@ def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int
                          isolation_level="read_committed",
                          # New topics or partitions are noticed (and rebalanced) within 30 s.
                          metadata_max_age_ms=30_000,
-                         # A member that died is replaced after 10 s, not the default 45 s.
-                         session_timeout_ms=10_000, heartbeat_interval_ms=3_000)
+                         session_timeout_ms=cfg.session_timeout_ms,
+                         heartbeat_interval_ms=max(500, min(3_000, cfg.session_timeout_ms // 10)))
 
 
 class Delivery:

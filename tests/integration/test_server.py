@@ -191,7 +191,8 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
     cfg["node"] = {"id": f"{site.name}-sink", "role": "server"}
     cfg["metrics"] = {"port": sink_port}
     cfg["server"] = {"receiver": False, "bridge": False, "decoder": False, "sink": True}
-    cfg["kafka"] = {**cfg["kafka"], "client_id": f"{site.name}-sinkproc"}
+    # A killed member's partitions move after 10 s (the broker's minimum is 6 s).
+    cfg["kafka"] = {**cfg["kafka"], "client_id": f"{site.name}-sinkproc", "session_timeout_ms": 10_000}
     cfg["sink"] = {**cfg["sink"], "batch_rows": 20, "batch_ms": 50.0}
     from harness import to_toml
     sink_toml.write_text(to_toml(cfg))
@@ -261,9 +262,10 @@ def test_poison_records_go_to_the_dead_letter_topics_with_reasons_while_the_rest
             dead.setdefault(rec.topic, []).append({k: v.decode() for k, v in rec.headers})
     consumer.close()
     sink_dead = dead[decoded + ".dlq"]
-    reasons = sorted(h["dlq_reason"] for h in sink_dead)
-    assert reasons == ["bad_envelope", "db_22021"], sink_dead  # 22021: invalid byte sequence (NUL)
-    assert all(h["dlq_source"].startswith(decoded + "/") for h in sink_dead)
+    # Dead letters are at least once: a rebalance before the offset commit replays them.
+    by_source = {h["dlq_source"]: h["dlq_reason"] for h in sink_dead}
+    assert sorted(by_source.values()) == ["bad_envelope", "db_22021"], sink_dead  # 22021: NUL in text
+    assert all(src.startswith(decoded + "/") for src in by_source)
     raw_dead = dead[server.topics["raw"] + ".dlq"]
     assert malformed > 0 and len(raw_dead) >= malformed
     assert all(h["dlq_reason"] and h["mqtt_topic"] and h.get("gateway") == site.name for h in raw_dead)
