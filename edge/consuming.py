@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -66,10 +67,14 @@ class _Listener(ConsumerRebalanceListener):
     def __init__(self, actor: ConsumingActor) -> None:
         self.actor = actor
 
+    # kafka-python runs these on its network thread, where no blocking consumer call (commit,
+    # committed) may run and the actor may be mid-batch: they only raise a flag, which the
+    # actor handles on its own thread after its next poll (``_rebalanced``).
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self.actor._revoked()
+        self.actor.rebalanced.set()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.actor.rebalanced.set()
         _log.info("partitions_assigned", actor=self.actor.name, group=self.actor.group,
                   partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
@@ -94,6 +99,7 @@ class ConsumingActor(EdgeActor):
         self.committed: dict[TopicPartition, int] = {}
         self.next_offset: dict[TopicPartition, int] = {}  # after the last record taken
         self._paused = PAUSED.labels(group)
+        self.rebalanced = threading.Event()
 
     # -- subclass API ------------------------------------------------------------------
     def process(self, records: list[ConsumerRecord]) -> None:
@@ -160,6 +166,8 @@ class ConsumingActor(EdgeActor):
 
     def _step(self) -> None:
         now = time.monotonic()
+        if self.rebalanced.is_set():
+            self._rebalanced()
         if self.retry_at is not None:
             assigned = self.consumer.assignment()
             if assigned:
@@ -179,6 +187,9 @@ class ConsumingActor(EdgeActor):
             self._lag()
 
     def _take(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        if self.rebalanced.is_set():
+            self._rebalanced()  # what this poll returned may follow records just dropped
+            return
         for tp, records in polled.items():
             if records:
                 if not self.pending:
@@ -235,14 +246,34 @@ class ConsumingActor(EdgeActor):
             _log.info("batch_resumed", actor=self.name, group=self.group)
         return True
 
-    def _revoked(self) -> None:
-        if self.pending and not self._flush():
-            _log.info("batch_dropped_on_rebalance", actor=self.name, records=len(self.pending))
+    def _rebalanced(self) -> None:
+        """After a rebalance: drop the uncommitted batch and read every partition this member
+        owns again from its committed offset. kafka-python keeps its fetch position for a
+        partition that stays with the member, so without the seek the dropped records would
+        be skipped, and the next commit would pass them: lost. Replays are absorbed by the
+        records' identities downstream."""
+        self.rebalanced.clear()
+        if self.pending:
+            _log.info("batch_dropped_on_rebalance", actor=self.name, records=len(self.pending),
+                      detail="uncommitted: read again from the committed offsets")
         self.pending = []
         self.committed.clear()
         self.next_offset.clear()
         self.retry_at, self.retry_delay = None, self.retry_initial_s
         self._paused.set(0)
+        try:
+            paused = self.consumer.paused()
+            if paused:
+                self.consumer.resume(*paused)
+            for tp in self.consumer.assignment():
+                offset = self.consumer.committed(tp)
+                if offset is None:
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+        except KafkaError as exc:
+            # Positions unknown: crash, and the restarted consumer starts from the commits.
+            raise RuntimeError(f"{self.name}: cannot rewind after a rebalance: {exc!r}") from exc
 
     def _lag(self) -> None:
         try:

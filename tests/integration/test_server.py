@@ -353,3 +353,42 @@ def _assigned(log) -> bool:
     lines = [line for line in log.read_text().splitlines()
              if "partitions_assigned" in line and "actor=sink" in line]
     return bool(lines) and "partitions=[]" not in lines[-1]
+
+
+@pytest.mark.timeout(600)
+def test_a_rebalance_while_a_batch_waits_for_the_database_loses_nothing(site, server):
+    """The sink holds an uncommitted batch (database down) when another member joins its
+    group: the batch is dropped uncommitted and must be read again, not skipped."""
+    from kafka import KafkaConsumer
+
+    site.start("server")
+    site.start("gateway")
+    sim = site.simulate(4000, 400)
+    group = f"{site.name}-sink"
+    paused = 'edge_consumer_paused{group="%s"}' % group
+    intruder = None
+    try:
+        wait_until(lambda: server.query("SELECT count(*) FROM iot_measurements")[0][0] > 0, 60,
+                   "rows flowing into PostgreSQL")
+        services("kill", "postgres")
+        wait_until(lambda: site.metrics("server").get(paused) == 1.0, 60, "the sink paused")
+        time.sleep(3)  # more records wait in its batch
+        intruder = KafkaConsumer(bootstrap_servers=server.kafka, group_id=group, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", session_timeout_ms=10_000)
+        intruder.subscribe([server.topics["decoded"], server.topics["events"]])
+        deadline = time.monotonic() + 60
+        while not intruder.assignment() and time.monotonic() < deadline:
+            intruder.poll(timeout_ms=200)  # joins: the sink's partitions are reassigned
+        assert intruder.assignment(), "the second member never got partitions"
+        intruder.close(autocommit=False)  # leaves without committing: another rebalance
+        intruder = None
+        wait_until(lambda: "batch_dropped_on_rebalance" in (site.tmp / "server.log").read_text(), 30,
+                   "the sink dropped its uncommitted batch")
+    finally:
+        if intruder is not None:
+            intruder.close(autocommit=False)
+        services("up", "postgres")
+    out, err = sim.communicate(timeout=120)
+    assert sim.returncode == 0, err
+    settle(site, server, 180)
+    assert_exactly_once(site, server)
