@@ -59,7 +59,7 @@ class DirectBridge(EdgeActor):
         self.origin = f"{broker.host}:{broker.port}"
 
     def on_start(self) -> None:
-        self.delivery = Delivery(producer(self.kafka, f"{self.client_id}-kafka"))
+        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"))
         client = make_client(self.broker, self.client_id, manual_ack=True)
         jittered_backoff(client, 0.5, 30)
         client.on_connect = self._on_connect

@@ -120,7 +120,7 @@ class ConsumingActor(EdgeActor):
 
     # -- loop --------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.delivery = Delivery(producer(self.kafka, f"{self.client_id}-out"))
+        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"))
         self.consumer = consumer(self.kafka, self.client_id, self.group, self.batch_max)
         self._await_metadata()
         self.consumer.subscribe(list(self.topics), listener=_Listener(self))

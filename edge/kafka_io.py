@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -31,6 +31,8 @@ _log = log.get(__name__)
 PRODUCED = Counter("edge_kafka_produced", "Records Kafka acknowledged", ["topic"])
 PRODUCE_RETRIES = Counter("edge_kafka_produce_retries", "Records sent again after a failed delivery",
                           ["topic"])
+STALLS = Counter("edge_kafka_producer_stalls", "Producers replaced after acknowledging nothing "
+                 "for longer than their delivery timeout")
 DELIVER_SECONDS = Histogram("edge_kafka_deliver_seconds", "Time until Kafka acknowledged a whole set",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
@@ -52,8 +54,12 @@ def _common(cfg: KafkaConfig, client_id: str) -> dict:
     return out
 
 
+DELIVERY_TIMEOUT_MS = 60_000  # a record not acknowledged by then fails, and is sent again
+
+
 def producer(cfg: KafkaConfig, client_id: str) -> KafkaProducer:
     return KafkaProducer(**_common(cfg, client_id), acks="all", enable_idempotence=True,
+                         delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                          linger_ms=cfg.linger_ms, batch_size=256 * 1024,
                          compression_type=None if cfg.compression == "none" else cfg.compression,
                          max_request_size=8 * 1024 * 1024)
@@ -70,9 +76,16 @@ def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int
 
 
 class Delivery:
-    def __init__(self, producer: KafkaProducer, wait_s: float = 5.0, backoff_max_s: float = 10.0) -> None:
-        self.producer = producer
-        self.wait_s, self.backoff_max_s = wait_s, backoff_max_s
+    """``make`` builds the producer, and builds it again when one stalls: a kafka-python
+    producer whose broker was killed and came back has been seen to keep its futures pending
+    forever (no ack, no error, past its delivery timeout). A producer that completes no
+    future for ``stall_s`` is closed and replaced, and what it held is sent again."""
+
+    def __init__(self, make: Callable[[], KafkaProducer], wait_s: float = 5.0,
+                 backoff_max_s: float = 10.0, stall_s: float = DELIVERY_TIMEOUT_MS / 1000 + 30) -> None:
+        self.make = make
+        self.producer = make()
+        self.wait_s, self.backoff_max_s, self.stall_s = wait_s, backoff_max_s, stall_s
         self.stopping = threading.Event()
 
     def deliver(self, messages: Sequence[Message]) -> None:
@@ -88,22 +101,36 @@ class Delivery:
                                                           headers=m.headers)))
                 except KafkaTimeoutError:  # no metadata within max_block_ms: Kafka is away
                     failed.append(m)
+            progress = time.monotonic()
+            stalled = False
             for m, f in futures:
-                while not f.is_done:
+                while not f.is_done and not stalled:
                     try:
                         self.producer.flush(timeout=self.wait_s)
                     except KafkaTimeoutError:
                         pass
                     if self.stopping.is_set() and not f.is_done:
                         raise Stopped("stopping while Kafka had not acknowledged a delivery")
+                    if f.is_done:
+                        break
+                    stalled = time.monotonic() - progress > self.stall_s
+                if not f.is_done:
+                    failed.append(m)  # the stalled producer's: sent again by a new one
+                    continue
+                progress = time.monotonic()
                 if f.failed():
                     failed.append(m)
                 else:
                     PRODUCED.labels(m.topic).inc()
+            if stalled:
+                STALLS.inc()
+                _log.error("kafka_producer_stalled", records=len(failed), stalled_s=round(self.stall_s),
+                           action="replacing the producer and sending again")
+                self._replace()
             if failed:
                 error = next((f.exception for _, f in futures if f.is_done and f.failed()), None)
                 _log.warning("kafka_delivery_failed", records=len(failed), topic=failed[0].topic,
-                             error=repr(error) if error else "no metadata (broker unreachable)",
+                             error=repr(error) if error else "no acknowledgement (broker unreachable)",
                              retry_in_s=delay)
                 for m in failed:
                     PRODUCE_RETRIES.labels(m.topic).inc()
@@ -113,12 +140,22 @@ class Delivery:
             todo = failed
         DELIVER_SECONDS.observe(time.monotonic() - start)
 
+    def _replace(self) -> None:
+        old, self.producer = self.producer, self.make()
+        # Closing a stuck producer can block: let it go in the background.
+        threading.Thread(target=_close_quietly, args=(old,), name="kafka-producer-close",
+                         daemon=True).start()
+
     def close(self) -> None:
         self.stopping.set()
-        try:
-            self.producer.close(timeout=5)
-        except KafkaError:
-            pass
+        _close_quietly(self.producer, 5)
+
+
+def _close_quietly(producer: KafkaProducer, timeout: float = 0) -> None:
+    try:
+        producer.close(timeout=timeout)
+    except (KafkaError, RuntimeError, OSError):
+        pass
 
 
 class KafkaStore:
@@ -130,7 +167,7 @@ class KafkaStore:
 
     def __init__(self, cfg: KafkaConfig, client_id: str) -> None:
         self.topics = Topics(cfg.decoded_topic, cfg.raw_topic, cfg.events_topic)
-        self.delivery = Delivery(producer(cfg, client_id))
+        self.delivery = Delivery(lambda: producer(cfg, client_id))
 
     def write(self, batches: list[Batch]) -> None:
         messages: list[Message] = []
