@@ -2,7 +2,7 @@
 
 One consumer per actor, in a consumer group: run more processes to share partitions.
 The actor polls in a loop of self-messages (a stop request is handled between two
-polls), collects records into a batch by size and age, hands the batch to
+polls), collects records into a batch by size and age (or until it has caught up), hands the batch to
 ``process`` (the subclass's durable work: produce and wait for Kafka's acks, or commit
 a database transaction) and only then commits the offsets it processed. Nothing is
 committed before it is durable downstream; a crash in between replays the batch, which
@@ -176,10 +176,14 @@ class ConsumingActor(EdgeActor):
             if time.monotonic() >= self.retry_at and self.retry_at is not None:
                 self._flush()
             return
-        room = self.batch_max - len(self.pending)
+        room = max(1, self.batch_max - len(self.pending))
         wait_ms = 100 if not self.pending else max(0, (self.batch_started + self.batch_s - now) * 1000)
-        self._take(self.consumer.poll(timeout_ms=min(wait_ms, 100), max_records=max(1, room)))
-        if self.pending and (len(self.pending) >= self.batch_max
+        polled = self.consumer.poll(timeout_ms=min(wait_ms, 100), max_records=room)
+        taken = sum(len(records) for records in polled.values())
+        self._take(polled)
+        # Flush when full, when old, or when caught up (the poll had less than asked for):
+        # a backlog drains in big batches, live traffic is written without waiting batch_ms.
+        if self.pending and (len(self.pending) >= self.batch_max or taken < room
                              or time.monotonic() - self.batch_started >= self.batch_s):
             self._flush()
         if now - self.lag_at > 2.0:
