@@ -64,6 +64,11 @@ def receiver_specs(cfg: Config, store: RecordStore) -> list[ActorSpec]:
         ctx, cfg.central_broker, cfg.receiver, store, client_id))]
 
 
+def kafka_client_base(cfg: Config) -> str:
+    """Prefix of this process's Kafka client ids: ``[kafka] client_id``, or one per node."""
+    return cfg.kafka.client_id if cfg.kafka.client_id != "edge" else f"edge-{cfg.node.id}"
+
+
 def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     """The distributed server's actors that ``[server]`` turns on, data backwards: the sink
     first, then the stream decoder, then what takes MQTT in (receiver, bridge). ``store`` is
@@ -73,7 +78,7 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     from edge.actors.stream_decoder import StreamDecoder
 
     node, on = cfg.node.id, cfg.server
-    base = cfg.kafka.client_id if cfg.kafka.client_id != "edge" else f"edge-{node}"
+    base = kafka_client_base(cfg)
     specs: list[ActorSpec] = []
     if on.sink:
         specs.append(ActorSpec("sink", lambda ctx: TimescaleSink.start(

@@ -142,7 +142,7 @@ def _server(args: argparse.Namespace) -> int:
     from edge.kafka_io import KafkaStore, ensure_topics
     from edge.runtime import run_graph
 
-    base = cfg.kafka.client_id if cfg.kafka.client_id != "edge" else f"edge-{cfg.node.id}"
+    base = app.kafka_client_base(cfg)
     ensure_topics(cfg.kafka, f"{base}-admin",
                   [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
     store = None

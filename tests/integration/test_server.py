@@ -5,12 +5,13 @@ PostgreSQL, and the direct path (bridge -> Kafka -> stream decoder -> sink)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 
 import pytest
-from harness import REPO, Server, Site, services, tally_pg, to_toml, wait_until
+from harness import EDGE, REPO, Server, Site, services, tally_pg, to_toml, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -194,19 +195,18 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
     # A killed member's partitions move after 10 s (the broker's minimum is 6 s).
     cfg["kafka"] = {**cfg["kafka"], "client_id": f"{site.name}-sinkproc", "session_timeout_ms": 10_000}
     cfg["sink"] = {**cfg["sink"], "batch_rows": 20, "batch_ms": 50.0}
-    from harness import to_toml
     sink_toml.write_text(to_toml(cfg))
     try:
         site.start("server")
         site.start("gateway")
         sim = site.simulate(6000, 400)
-        faulty = {**__import__("os").environ, "EDGE_FAULT_EXIT_BEFORE_COMMIT": "0.5"}
+        faulty = {**os.environ, "EDGE_FAULT_EXIT_BEFORE_COMMIT": "0.5"}
         log = open(site.tmp / "sink.log", "ab")
         exits = 0
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             # Four deaths in the window, then a sink that finishes the job.
-            proc = subprocess.Popen([str(__import__("harness").EDGE), "server", "--config", str(sink_toml)],
+            proc = subprocess.Popen([EDGE, "server", "--config", str(sink_toml)],
                                     stdout=log, stderr=log, env=faulty if exits < 4 else None)
             # Until the fault fires, or until everything is stored (then stop it).
             while proc.poll() is None and not (sim.poll() is not None
@@ -315,7 +315,6 @@ def _publish_cmnd_reports(port: int) -> None:
 
 @pytest.mark.timeout(600)
 def test_two_server_processes_share_partitions_and_survive_one_killed(site, server):
-    from harness import to_toml
     cfg = dict(server.config)
     port_b = _port()
     cfg["node"] = {"id": f"{site.name}-srv-b", "role": "server"}
