@@ -1,8 +1,9 @@
 """TimescaleSink: ``decoded_iot_data`` and ``device_events`` into PostgreSQL/TimescaleDB.
 
-A consumer group member (edge/consuming.py): batches by size and time, writes a batch in
-one database transaction (edge/sink_db.py: binary COPY into staging, then INSERT ... ON
-CONFLICT DO NOTHING), and commits the Kafka offsets only after the database committed.
+A consumer group member (edge/consuming.py): batches by size and time, parses a batch on
+the actor's thread while the batch before it is written, writes it in one database
+transaction on the writer thread (edge/sink_db.py: binary COPY into staging, then INSERT),
+and commits the Kafka offsets only after the database committed.
 
 - The database away (connection refused, shut down, failover): the batch is kept, the
   partitions paused, the write retried with backoff; nothing is committed meanwhile.
@@ -39,6 +40,9 @@ DB_SECONDS = Histogram("edge_sink_db_write_seconds", "One database transaction o
 BATCH_ROWS = Histogram("edge_sink_batch_rows", "Measurement rows per database transaction",
                        buckets=(1, 10, 100, 500, 1000, 5000, 10000, 20000, 50000))
 
+_Parsed = tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]
+_Prepared = tuple[list[_Parsed], list[stream.Message]]
+
 
 class TimescaleSink(ConsumingActor):
     retryable = (psycopg.OperationalError,)
@@ -54,8 +58,8 @@ class TimescaleSink(ConsumingActor):
         super().close()
         self.db.close()
 
-    def process(self, records: list[ConsumerRecord]) -> None:
-        parsed: list[tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]] = []
+    def prepare(self, records: list[ConsumerRecord]) -> _Prepared:
+        parsed: list[_Parsed] = []
         dead: list[stream.Message] = []
         for rec in records:
             try:
@@ -65,6 +69,11 @@ class TimescaleSink(ConsumingActor):
                     parsed.append((rec, stream.read_measurements(rec.value), []))
             except CodecError as exc:
                 dead.append(self.dead_letter(rec, exc.reason, exc.message, exc.field))
+        return parsed, dead
+
+    def process(self, prepared: _Prepared) -> None:
+        parsed, dead = prepared
+        dead = list(dead)
         try:
             self._write([r for _, rows, _ in parsed for r in rows], [e for _, _, ev in parsed for e in ev])
         except psycopg.OperationalError:
@@ -86,8 +95,7 @@ class TimescaleSink(ConsumingActor):
         DUPLICATES.inc(len(rows) - inserted)
         EVENTS.inc(len(events))
 
-    def _isolate(self, parsed: list[tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]]
-                 ) -> list[stream.Message]:
+    def _isolate(self, parsed: list[_Parsed]) -> list[stream.Message]:
         dead = []
         for rec, rows, events in parsed:
             error: psycopg.Error | None = None

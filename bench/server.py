@@ -5,7 +5,7 @@
 Prints, in one run:
 1. receiver -> Kafka: records/s the receiver's Kafka store gets acknowledged (acks=all,
    idempotent producer) for uplink batches of 500 measurements, 8 batches per write;
-2. sink -> PostgreSQL, two ways: SinkDb alone (binary COPY + INSERT ON CONFLICT, 10,000
+2. sink -> PostgreSQL, two ways: SinkDb alone (binary COPY + INSERT, 10,000
    rows per transaction), and the TimescaleSink actor in an `edge server` process
    draining the topic of step 1 (Kafka fetch, decode, write, offset commit);
 3. end-to-end latency device -> row at 1,000 msg/s: simulator-style publishes to the site
@@ -160,7 +160,7 @@ def main() -> None:
             rate = receiver_to_kafka(server, args.records)
             print(f"receiver -> Kafka (acks=all, idempotent): {rate:,.0f} records/s   target >= 50,000")
             rate = sink_db_alone(server, args.records)
-            print(f"SinkDb binary COPY + ON CONFLICT, 10k/txn: {rate:,.0f} rows/s")
+            print(f"SinkDb binary COPY + INSERT (ON CONFLICT only for replays), 10k/txn: {rate:,.0f} rows/s")
             rate, with_start = sink_actor(site, server, args.records // 500 * 500)
             print(f"sink actor, Kafka -> PostgreSQL: {rate:,.0f} rows/s from the first row to the last "
                   f"({with_start:,.0f} counting process start and group join)   target >= 150,000")

@@ -69,10 +69,6 @@ def _us(t: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def to_time(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
 def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: str) -> list[Message]:
     """Group ``(n, measurement)`` by device: one message per device."""
     by_device: dict[str, list[list[Any]]] = {}
@@ -104,12 +100,18 @@ def read_measurements(value: bytes) -> list[Row]:
     src, rows = doc.get("src"), doc.get("r")
     if not isinstance(src, str) or not isinstance(rows, list):
         raise StreamError("envelope needs src (str) and r (list)", reason="bad_envelope", field="r")
+    # The sink's hot path (about 0.7 µs a row): the records of one device message mostly
+    # share their timestamps, so each distinct time becomes a datetime once.
     out: list[Row] = []
+    append, times, prefix = out.append, {}, src + "/"
     for i, r in enumerate(rows):
         try:
             n, us, device, mode, connector, pin, label, val, unit, topic = r
-            out.append((to_time(us), device, mode or "", connector, pin or 0, label, float(val),
-                        unit, topic, f"{src}/{n}"))
+            t = times.get(us)
+            if t is None:
+                t = times[us] = _EPOCH + timedelta(0, 0, us)
+            append((t, device, mode or "", connector, pin or 0, label, float(val), unit, topic,
+                    prefix + str(n)))
         except (TypeError, ValueError, OverflowError) as exc:
             raise StreamError(f"record {i}: {exc}", reason="bad_record", field=f"r[{i}]") from None
     return out

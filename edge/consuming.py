@@ -2,16 +2,23 @@
 
 One consumer per actor, in a consumer group: run more processes to share partitions.
 The actor polls in a loop of self-messages (a stop request is handled between two
-polls), collects records into a batch by size and age (or until it has caught up), hands the batch to
-``process`` (the subclass's durable work: produce and wait for Kafka's acks, or commit
-a database transaction) and only then commits the offsets it processed. Nothing is
-committed before it is durable downstream; a crash in between replays the batch, which
-every consumer here absorbs by record identity.
+polls) and collects records into a batch by size and age (or until it has caught up).
+A batch goes through two steps:
 
-When ``process`` raises one of ``retryable`` (the database is away), the batch is kept,
-the partitions are paused (polling continues, so the group keeps the member), and the
-batch is retried with capped exponential backoff. A rebalance flushes what it can before
-the partitions go; what it cannot is dropped *uncommitted* and the next owner replays it.
+- ``prepare`` (the actor's thread: parsing, CPU work), then
+- ``process`` (the actor's writer thread: the durable work, such as producing and waiting
+  for Kafka's acks or committing a database transaction),
+
+and only then are its offsets committed. One batch is in ``process`` at a time, in order;
+the next one is polled and prepared meanwhile, so Python's work overlaps the database's
+or the broker's. Nothing is committed before it is durable downstream; a crash in between
+replays the batch, which every consumer here absorbs by record identity.
+
+When ``process`` raises one of ``retryable`` (the database is away), the batch is kept
+(with the records taken after it, behind it), the partitions are paused (polling
+continues, so the group keeps the member), and the batch is retried with capped
+exponential backoff. On a rebalance the batch in flight is finished and committed; what
+was only taken is dropped *uncommitted* and read again from the committed offsets.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,6 +71,14 @@ class _Poll:
     """Wake-up: poll once more."""
 
 
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A batch handed to the writer thread; the future's result is its duration."""
+
+    batch: list[ConsumerRecord]
+    future: Future[float]
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, actor: ConsumingActor) -> None:
         self.actor = actor
@@ -92,6 +108,8 @@ class ConsumingActor(EdgeActor):
         self.consumer: Any = None
         self.delivery: Delivery | None = None
         self.pending: list[ConsumerRecord] = []
+        self.inflight: _InFlight | None = None
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"{ctx.name}-writer")
         self.batch_started = 0.0
         self.retry_at: float | None = None
         self.retry_delay = retry_initial_s
@@ -102,8 +120,14 @@ class ConsumingActor(EdgeActor):
         self.rebalanced = threading.Event()
 
     # -- subclass API ------------------------------------------------------------------
-    def process(self, records: list[ConsumerRecord]) -> None:
-        """Make the batch durable downstream; return only when it is. Raise to retry."""
+    def prepare(self, records: list[ConsumerRecord]) -> Any:
+        """CPU work on a batch, on the actor's thread while the previous batch is being
+        written; what it returns goes to ``process``. By default, the records."""
+        return records
+
+    def process(self, prepared: Any) -> None:
+        """Make the batch durable downstream; return only when it is. Raise to retry.
+        Runs on the writer thread, one batch at a time, in order."""
         raise NotImplementedError
 
     def dead_letter(self, rec: ConsumerRecord, reason: str, detail: str, field: str | None,
@@ -141,6 +165,13 @@ class ConsumingActor(EdgeActor):
                          detail="subscribing anyway; partitions are picked up when they appear")
 
     def close(self) -> None:
+        if self.inflight is not None and self.consumer is not None:
+            try:
+                self._settle()  # durable work finishes; its offsets are committed if they can be
+            except Exception as exc:  # noqa: BLE001 - closing: the next owner replays it
+                _log.warning("batch_unsettled_at_close", actor=self.name, error=repr(exc))
+        self.inflight = None
+        self.writer.shutdown(wait=True)
         if self.delivery is not None:
             self.delivery.close()
             self.delivery = None
@@ -162,12 +193,15 @@ class ConsumingActor(EdgeActor):
         return None
 
     def health(self) -> dict[str, Any]:
-        return {"state": "running", "pending": len(self.pending), "paused": self.retry_at is not None}
+        return {"state": "running", "pending": len(self.pending), "paused": self.retry_at is not None,
+                "in_flight": len(self.inflight.batch) if self.inflight is not None else 0}
 
     def _step(self) -> None:
         now = time.monotonic()
         if self.rebalanced.is_set():
             self._rebalanced()
+        if self.inflight is not None and self.inflight.future.done():
+            self._settle()
         if self.retry_at is not None:
             assigned = self.consumer.assignment()
             if assigned:
@@ -201,13 +235,33 @@ class ConsumingActor(EdgeActor):
                 self.pending.extend(records)
                 self.next_offset[tp] = records[-1].offset + 1
 
-    def _flush(self) -> bool:
-        batch = self.pending
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        prepared = self.prepare(batch)  # while the batch before it is being written
+        if self.inflight is not None and not self._settle():
+            self.pending.extend(batch)  # behind the batch that failed, which goes first
+            return
+        self.inflight = _InFlight(batch, self.writer.submit(self._durable, prepared))
+        if self.retry_at is not None:
+            self._settle()  # a retry is written alone: consumption resumes once it is durable
+
+    def _durable(self, prepared: Any) -> float:
         start = time.monotonic()
+        self.process(prepared)
+        return time.monotonic() - start
+
+    def _settle(self) -> bool:
+        """Wait for the batch in flight. Durable: commit its offsets (and resume if paused),
+        True. Failed with a retryable error: keep it first in ``pending``, pause, False.
+        Any other error propagates (the actor fails and restarts from the commits)."""
+        assert self.inflight is not None
+        batch, future = self.inflight.batch, self.inflight.future
+        self.inflight = None
         try:
-            self.process(batch)
+            seconds = future.result()
         except self.retryable as exc:
             RETRIES.labels(self.group).inc()
+            self.pending = batch + self.pending
             self.retry_at = time.monotonic() + self.retry_delay
             _log.warning("batch_retry", actor=self.name, group=self.group, records=len(batch),
                          error=f"{type(exc).__name__}: {str(exc).strip()[:300]}",
@@ -215,14 +269,13 @@ class ConsumingActor(EdgeActor):
             self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
             self._paused.set(1)
             return False
-        PROCESS_SECONDS.labels(self.group).observe(time.monotonic() - start)
+        PROCESS_SECONDS.labels(self.group).observe(seconds)
         BATCH_RECORDS.labels(self.group).observe(len(batch))
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
             if tp not in offsets or offsets[tp].offset <= r.offset:
                 offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        self.pending = []
         if _EXIT_BEFORE_COMMIT and random.random() < _EXIT_BEFORE_COMMIT:
             _log.warning("fault_injected", actor=self.name, fault="exit before offset commit",
                          records=len(batch))
@@ -257,6 +310,8 @@ class ConsumingActor(EdgeActor):
         be skipped, and the next commit would pass them: lost. Replays are absorbed by the
         records' identities downstream."""
         self.rebalanced.clear()
+        if self.inflight is not None:
+            self._settle()  # durable already or soon: finish it; its commit may fail, then it replays
         if self.pending:
             _log.info("batch_dropped_on_rebalance", actor=self.name, records=len(self.pending),
                       detail="uncommitted: read again from the committed offsets")
