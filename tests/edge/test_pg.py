@@ -96,16 +96,18 @@ def test_sink_refuses_an_unmigrated_database_and_writes_idempotently_with_an_exa
     event = {"key": "gw/1/3", "type": "hello", "time": "2023-05-25T15:14:00Z", "device_id": "dev",
              "gateway": "gw", "seq": 9, "fw_version": "2.0.1"}
     try:
-        assert sink.write(rows, [event]) == 2
-        assert sink.write(rows, [event]) == 0  # a replay
+        assert sink.write(rows, [event]) == 2  # new rows: the plain INSERT
+        assert sink.write(rows, [event]) == 0  # a replay: ON CONFLICT, nothing new
+        new = (old.replace(minute=55), "dev", "", None, 0, "v", 4.0, "V", "t", "gw/1/4")
+        assert sink.write([rows[1], new, new], []) == 1  # a stored row, a new one given twice
     finally:
         sink.close()
     with pg.connect(db, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM iot_measurements_20230525").fetchone() == (2,)
-        assert conn.execute("SELECT n, sum, min, max FROM iot_measurements_hourly").fetchone() == (2, 4.0, 1.5, 2.5)
+        assert conn.execute("SELECT count(*) FROM iot_measurements_20230525").fetchone() == (3,)
+        assert conn.execute("SELECT n, sum, min, max FROM iot_measurements_hourly").fetchone() == (3, 8.0, 1.5, 4.0)
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1,)
         state = conn.execute("SELECT fw_version, last_seq, gateway_id, last_seen FROM device_state").fetchone()
-        assert state == ("2.0.1", 9, "gw", datetime(2023, 5, 25, 15, 50, 10, 543400, tzinfo=UTC))
+        assert state == ("2.0.1", 9, "gw", datetime(2023, 5, 25, 15, 55, 10, 543400, tzinfo=UTC))
 
 
 def test_cli_migrate_and_registry_load_report_what_they_did(db, tmp_path):
