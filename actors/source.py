@@ -1,9 +1,14 @@
 """MqttSource: the site broker's messages, acked only after the buffer committed them.
 
 paho-mqtt 2.x, MQTT v5, fixed client id, persistent session (clean start off, session
-expiry of days), QoS 1 subscriptions, ``manual_ack``. The broker sends at most
-``receive_maximum`` unacked messages, which bounds what is in flight in the whole
-pipeline. Messages are handed on in batches (``batch_max`` or every ``batch_ms``).
+expiry of days), QoS 1 subscriptions, ``manual_ack``. At most ``receive_maximum``
+messages are held unacked, which bounds what is in flight in the whole pipeline (and the
+gateway's memory, whatever backlog the site broker has queued). The broker is asked for
+that in CONNECT, and the source enforces it too: Mosquitto 2.0.11 (Debian bookworm's)
+sends past a client's Receive Maximum while acks come in (eclipse-mosquitto/mosquitto
+#2301; seen here: 41,000 unacked at a receive maximum of 50), so at the limit paho's
+network thread waits for commits, and TCP holds the rest back in the broker. Messages are
+handed on in batches (``batch_max`` or every ``batch_ms``).
 
 The ack chain: a batch goes to the decoder numbered (generation, batch); the buffer
 answers ``Committed`` and the source acks those ids, in order. When the buffer answers
@@ -39,6 +44,8 @@ ACKED = Counter("edge_source_messages_acked", "Messages acked to the site broker
 RECONNECTS = Counter("edge_source_reconnects", "Reconnects forced to get unacked messages redelivered",
                      ["reason"])
 CONNECTED = Gauge("edge_source_connected", "1 while connected to the site broker")
+WAITS = Counter("edge_source_receive_maximum_waits",
+                "Times paho's thread waited for commits: receive_maximum messages were held")
 UNACKED = Gauge("edge_source_unacked_messages", "Messages received and not yet acked")
 
 _generations = itertools.count(int(time.time() * 1000))
@@ -55,6 +62,9 @@ class MqttSource(EdgeActor):
         super().__init__(ctx)
         self.broker, self.cfg, self.client_id, self.decoder = broker, cfg, client_id, decoder
         self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)  # notified when held messages are acked
+        self.held = 0  # received on this connection, not acked yet
+        self.releasing = False  # a disconnect is under way: paho's thread must not wait
         self.pending: list[tuple[int, str, bytes, float]] = []
         self.outstanding: dict[int, tuple[float, int]] = {}  # batch -> (sent at, messages)
         self.generation = 0
@@ -79,11 +89,14 @@ class MqttSource(EdgeActor):
         self.pending.clear()
         UNACKED.dec(sum(n for _, n in self.outstanding.values()))
         self.outstanding.clear()
+        self.held = 0
+        self.room.notify_all()
 
     def _connect(self) -> None:
         with self.lock:
             self._new_generation_locked()
             self.reconnect_requested = False
+            self.releasing = False
         client = make_client(self.broker, self.client_id, manual_ack=True)
         jittered_backoff(client, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         client.on_connect = self._on_connect
@@ -97,6 +110,9 @@ class MqttSource(EdgeActor):
         self.client = client
 
     def _disconnect(self) -> None:
+        with self.lock:
+            self.releasing = True  # free paho's thread if it waits for room: loop_stop joins it
+            self.room.notify_all()
         client, self.client = self.client, None
         if client is not None:
             client.disconnect()
@@ -133,8 +149,15 @@ class MqttSource(EdgeActor):
             self.counters[ids[0] - 1].inc()
         with self.lock:
             self.pending.append((message.mid, message.topic, message.payload, time.time()))
+            self.held += 1
             if len(self.pending) >= self.cfg.batch_max:
                 self._flush_locked()
+            generation = self.generation
+            while (self.held >= self.cfg.receive_maximum and generation == self.generation
+                   and not self.releasing):
+                WAITS.inc()
+                self._flush_locked()  # what is held must reach the buffer to be committed
+                self.room.wait(0.5)
 
     # -- any thread, under the lock
     def _flush_locked(self) -> None:
@@ -169,6 +192,8 @@ class MqttSource(EdgeActor):
                 ACKED.inc(len(mids))
                 with self.lock:
                     _, count = self.outstanding.pop(batch, (0.0, 0))
+                    self.held -= count
+                    self.room.notify_all()
                 UNACKED.dec(count)
             case Refused(generation, reason):
                 if generation == self.generation:

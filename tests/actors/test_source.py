@@ -1,0 +1,87 @@
+"""MqttSource against the real site Mosquitto: what it holds unacked stays bounded."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+from harness import drop_session, wait_until
+
+from edge.actor import EdgeActor
+from edge.actors.buffer import Committed
+from edge.actors.decoder import Incoming
+from edge.actors.source import MqttSource
+from edge.config import MqttConfig, SourceConfig, SupervisionConfig
+from edge.mqtt import connect_properties, make_client
+from edge.runtime import ActorSpec, Runtime
+
+RECEIVE_MAXIMUM = 50
+QUEUED = 3_000
+
+
+class CommittingStub(EdgeActor):
+    """Stands in for decoder and buffer: takes every batch at once and commits it 5 ms later,
+    like a busy buffer; records the most messages the source had handed on uncommitted."""
+
+    received = 0
+    committed = 0
+    most_held = 0
+    lock = threading.Lock()
+
+    def handle(self, message):
+        match message:
+            case Incoming(messages, generation, batch):
+                with CommittingStub.lock:
+                    CommittingStub.received += len(messages)
+                    held = CommittingStub.received - CommittingStub.committed
+                    CommittingStub.most_held = max(CommittingStub.most_held, held)
+                threading.Timer(0.005, self._commit, (messages, generation, batch)).start()
+
+    def _commit(self, messages, generation, batch):
+        with CommittingStub.lock:
+            CommittingStub.committed += len(messages)
+        self.ctx.handles["source"].tell(Committed(tuple(m[0] for m in messages), generation, batch))
+
+
+def queue_for(port: int, client_id: str, topic: str, n: int) -> None:
+    """A persistent session for client_id with n QoS 1 messages queued while it is away."""
+    sub = make_client(MqttConfig(port=port), client_id)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *args: subscribed.set()
+    sub.connect("127.0.0.1", port, clean_start=False, properties=connect_properties(3600))
+    sub.loop_start()
+    sub.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    sub.disconnect()
+    sub.loop_stop()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = [pub.publish(topic, b"x" * 100, qos=1) for _ in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def test_the_source_holds_at_most_receive_maximum_unacked_even_when_the_broker_sends_more(
+        site_mqtt, unique):
+    # Mosquitto 2.0.11 sends a resuming session's queue past the client's Receive Maximum
+    # while acks come in; without the source's own bound it held 1,000s here.
+    client_id, topic = f"{unique}-source", f"iot/{unique}/telemetry"
+    queue_for(site_mqtt.port, client_id, topic, QUEUED)
+    CommittingStub.received = CommittingStub.committed = CommittingStub.most_held = 0
+    cfg = SourceConfig(topics=(topic,), receive_maximum=RECEIVE_MAXIMUM, batch_max=20)
+    runtime = Runtime([ActorSpec("decoder", CommittingStub.start),
+                       ActorSpec("source", lambda ctx: MqttSource.start(
+                           ctx, MqttConfig(port=site_mqtt.port), cfg, client_id), after=("decoder",))],
+                      SupervisionConfig())
+    runtime.start()
+    try:
+        wait_until(lambda: CommittingStub.committed >= QUEUED, 60, "the queue drained")
+    finally:
+        runtime.stop()
+        drop_session(site_mqtt.port, client_id)
+    assert CommittingStub.received == QUEUED
+    assert 0 < CommittingStub.most_held <= RECEIVE_MAXIMUM
