@@ -38,6 +38,7 @@ from edge import log
 from edge.actor import ActorContext, EdgeActor
 from edge.codecs.records import Gap
 from edge.codecs.uplink import to_wire
+from edge.sqlite_rows import insert_rows
 
 _log = log.get(__name__)
 
@@ -223,13 +224,13 @@ class BufferDB:
             self._set_meta(schema_version=SCHEMA_VERSION)
 
     def _set_meta(self, **values: int) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                              list(values.items()))
+        insert_rows(self.conn, "INSERT OR REPLACE INTO meta (key, value)", list(values.items()))
 
-    def _publish(self) -> None:
+    def _publish(self, oldest_moved: bool = True) -> None:
         DEPTH.set(self.depth)
         BYTES.set(self.bytes)
-        OLDEST.set(self.oldest_stored_at() or 0)
+        if oldest_moved:
+            OLDEST.set(self.oldest_stored_at() or 0)
 
     def oldest_stored_at(self) -> float | None:
         """By sequence (the primary key), not min(stored_at): that would scan the table."""
@@ -279,14 +280,14 @@ class BufferDB:
                              (PRIORITY_TELEMETRY, first, last))
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped_total', ?)",
                              (self.dropped_total + count,))
-            conn.executemany("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            insert_rows(conn, "INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at)", rows)
             if seq_state:
-                conn.executemany("INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts) "
-                                 "VALUES (?, ?, ?)", [(d, s, b) for d, (s, b) in seq_state.items()])
+                insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts)",
+                            [(d, s, b) for d, (s, b) in seq_state.items()])
             if generation is not None and batch is not None:
-                self._set_meta(source_generation=generation, source_batch=batch)
-            self._set_meta(next_seq=seq)
+                self._set_meta(source_generation=generation, source_batch=batch, next_seq=seq)
+            else:
+                self._set_meta(next_seq=seq)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -307,7 +308,8 @@ class BufferDB:
         self.bytes += sum(r[4] for r in rows)
         STORED.labels(str(PRIORITY_TELEMETRY)).inc(sum(1 for r in rows if r[2] == PRIORITY_TELEMETRY))
         STORED.labels(str(PRIORITY_HIGH)).inc(sum(1 for r in rows if r[2] == PRIORITY_HIGH))
-        self._publish()
+        # Appending moves the oldest row only into an empty buffer (or past dropped rows).
+        self._publish(oldest_moved=self.depth == len(rows) or dropped is not None)
         return True
 
     def _drop_oldest(self, need: int) -> tuple[int, int, int, int] | None:

@@ -20,6 +20,7 @@ import sqlite_utils
 
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
+from edge.sqlite_rows import insert_rows
 
 
 def confirmation(batch: Batch) -> bytes:
@@ -73,14 +74,12 @@ class SqliteStore:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT OR IGNORE INTO iot_measurements (time, device_id, connector_mode, connector, "
-                "pin_position, label, value, unit, topic, gateway_id, boot_epoch, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", measurements)
+            insert_rows(conn, "INSERT OR IGNORE INTO iot_measurements (time, device_id, connector_mode, "
+                              "connector, pin_position, label, value, unit, topic, gateway_id, boot_epoch, seq)",
+                        measurements)
             for table, rows in others.items():
-                if rows:
-                    conn.executemany(f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, "
-                                     "time, type, body) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                insert_rows(conn, f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, time, type, body)",
+                            rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
