@@ -19,6 +19,12 @@ When ``process`` raises one of ``retryable`` (the database is away), the batch i
 continues, so the group keeps the member), and the batch is retried with capped
 exponential backoff. On a rebalance the batch in flight is finished and committed; what
 was only taken is dropped *uncommitted* and read again from the committed offsets.
+
+A consumer that owns partitions with records past its position and fetches none of them
+for ``stall_s`` is closed and built again (``edge_kafka_consumer_rebuilds``). The one such
+stall seen here (kafka-python 3.0.12 never finishing a rejoin a metadata change started)
+is worked around in ``edge.kafka_io``; this watch is for whatever else leaves a client
+assigned but silent: it costs broker calls only while the consumer is idle.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ COMMITTED = Counter("edge_consumer_records_committed", "Records whose offsets we
                     ["group"])
 RETRIES = Counter("edge_consumer_batch_retries", "Batches kept and retried after a retryable error",
                   ["group"])
+REBUILDS = Counter("edge_kafka_consumer_rebuilds", "Consumers closed and built again after "
+                   "fetching nothing while their partitions had records past the position",
+                   ["group"])
 DLQ = Counter("edge_dlq_records", "Records sent to a dead-letter topic", ["topic", "reason"])
 PAUSED = Gauge("edge_consumer_paused", "1 while consumption is paused waiting for a dependency",
                ["group"])
@@ -84,12 +93,15 @@ class _Listener(ConsumerRebalanceListener):
         self.actor = actor
 
     # kafka-python runs these on its network thread, where no blocking consumer call (commit,
-    # committed) may run and the actor may be mid-batch: they only raise a flag, which the
-    # actor handles on its own thread after its next poll (``_rebalanced``).
+    # committed) may run and the actor may be mid-batch: they only raise flags, which the
+    # actor handles on its own thread after its next poll (``_rebalanced``). Positions are
+    # rewound only once an assignment is complete: a revocation starts a rebalance that is
+    # still under way, and a seek then races the group's own offset handling.
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.actor.rebalanced.set()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.actor.assigned.set()
         self.actor.rebalanced.set()
         _log.info("partitions_assigned", actor=self.actor.name, group=self.actor.group,
                   partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
@@ -100,7 +112,7 @@ class ConsumingActor(EdgeActor):
 
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, group: str, topics: tuple[str, ...],
                  client_id: str, batch_max: int, batch_ms: float, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 15.0) -> None:
+                 retry_max_s: float = 15.0, stall_s: float | None = None) -> None:
         super().__init__(ctx)
         self.kafka, self.group, self.topics, self.client_id = kafka, group, topics, client_id
         self.batch_max, self.batch_s = batch_max, batch_ms / 1000
@@ -118,6 +130,12 @@ class ConsumingActor(EdgeActor):
         self.next_offset: dict[TopicPartition, int] = {}  # after the last record taken
         self._paused = PAUSED.labels(group)
         self.rebalanced = threading.Event()
+        self.assigned = threading.Event()
+        # Records waiting past the position this long, none fetched: the consumer is rebuilt.
+        # Twice the session timeout, so a rebalance that waits for a dead member is not one.
+        self.stall_s = stall_s if stall_s is not None else max(30.0, 2 * kafka.session_timeout_ms / 1000)
+        self.progress_at = time.monotonic()  # records taken, a rebalance, a pause
+        self.behind_since: float | None = None  # records seen waiting, none taken since
 
     # -- subclass API ------------------------------------------------------------------
     def prepare(self, records: list[ConsumerRecord]) -> Any:
@@ -145,11 +163,15 @@ class ConsumingActor(EdgeActor):
     # -- loop --------------------------------------------------------------------------
     def on_start(self) -> None:
         self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"))
+        self._subscribe()
+        self.opened()
+        self.tell_self(_Poll())
+
+    def _subscribe(self) -> None:
         self.consumer = consumer(self.kafka, self.client_id, self.group, self.batch_max)
         self._await_metadata()
         self.consumer.subscribe(list(self.topics), listener=_Listener(self))
-        self.opened()
-        self.tell_self(_Poll())
+        self.progress_at, self.behind_since = time.monotonic(), None
 
     def _await_metadata(self, timeout_s: float = 30.0) -> None:
         """Join the group only once this client knows the topics' partitions: a member that
@@ -223,6 +245,7 @@ class ConsumingActor(EdgeActor):
         if now - self.lag_at > 2.0:
             self.lag_at = now
             self._lag()
+            self._watch(now)
 
     def _take(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         if self.rebalanced.is_set():
@@ -231,7 +254,7 @@ class ConsumingActor(EdgeActor):
         for tp, records in polled.items():
             if records:
                 if not self.pending:
-                    self.batch_started = time.monotonic()
+                    self.batch_started = self.progress_at = time.monotonic()
                 self.pending.extend(records)
                 self.next_offset[tp] = records[-1].offset + 1
 
@@ -268,6 +291,7 @@ class ConsumingActor(EdgeActor):
                          retry_in_s=round(self.retry_delay, 2))
             self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
             self._paused.set(1)
+            self.progress_at = time.monotonic()
             return False
         PROCESS_SECONDS.labels(self.group).observe(seconds)
         BATCH_RECORDS.labels(self.group).observe(len(batch))
@@ -310,6 +334,9 @@ class ConsumingActor(EdgeActor):
         be skipped, and the next commit would pass them: lost. Replays are absorbed by the
         records' identities downstream."""
         self.rebalanced.clear()
+        rewind = self.assigned.is_set()
+        self.assigned.clear()
+        self.progress_at, self.behind_since = time.monotonic(), None
         if self.inflight is not None:
             self._settle()  # durable already or soon: finish it; its commit may fail, then it replays
         if self.pending:
@@ -320,6 +347,8 @@ class ConsumingActor(EdgeActor):
         self.next_offset.clear()
         self.retry_at, self.retry_delay = None, self.retry_initial_s
         self._paused.set(0)
+        if not rewind:
+            return  # revoked: the assignment that completes this rebalance rewinds
         try:
             paused = self.consumer.paused()
             if paused:
@@ -334,6 +363,42 @@ class ConsumingActor(EdgeActor):
             # Positions unknown: crash, and the restarted consumer starts from the commits.
             raise RuntimeError(f"{self.name}: cannot rewind after a rebalance: {exc!r}") from exc
 
+    def _watch(self, now: float) -> None:
+        """Rebuild the consumer when records have waited past its position for ``stall_s``
+        and it took none of them. Checked every lag tick, asking the broker only once the
+        consumer has been idle for a while: an idle, caught-up consumer costs one ListOffsets
+        every few seconds."""
+        if (self.retry_at is not None or self.inflight is not None or self.pending
+                or now - self.progress_at < min(10.0, self.stall_s)):
+            self.behind_since = None
+            return
+        try:
+            behind = records_behind(self.consumer, self.next_offset)
+        except KafkaError:
+            return  # the broker is away: no evidence either way
+        if not behind:
+            self.behind_since = None
+        elif self.behind_since is None or self.progress_at > self.behind_since:
+            self.behind_since = now
+        elif now - self.behind_since >= self.stall_s:
+            self._rebuild(behind, now - self.progress_at)
+
+    def _rebuild(self, behind: dict[TopicPartition, int], idle_s: float) -> None:
+        REBUILDS.labels(self.group).inc()
+        _log.error("kafka_consumer_stalled", actor=self.name, group=self.group,
+                   idle_s=round(idle_s, 1), stall_s=self.stall_s,
+                   behind={f"{tp.topic}/{tp.partition}": n for tp, n in sorted(behind.items())},
+                   detail="fetching nothing with records waiting: closed and subscribed again")
+        try:
+            self.consumer.close(autocommit=False, timeout_ms=5_000)
+        except KafkaError as exc:
+            _log.warning("consumer_close_failed", actor=self.name, error=repr(exc))
+        self.committed.clear()
+        self.next_offset.clear()
+        self.rebalanced.clear()
+        self.assigned.clear()
+        self._subscribe()
+
     def _lag(self) -> None:
         try:
             for tp in self.consumer.assignment():
@@ -346,3 +411,27 @@ class ConsumingActor(EdgeActor):
                     LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - position))
         except KafkaError:
             pass
+
+
+def records_behind(consumer: Any, taken: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Records past this consumer's position in each assigned partition, for partitions
+    that have any. The position is the one after the last record taken, else the
+    committed offset, else the partition's beginning (``earliest``)."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = consumer.end_offsets(assigned, timeout_ms=5_000)
+    behind: dict[TopicPartition, int] = {}
+    starts: dict[TopicPartition, int] | None = None
+    for tp in assigned:
+        position = taken.get(tp)
+        if position is None:
+            position = consumer.committed(tp, timeout_ms=5_000)
+        if position is None:
+            if starts is None:
+                starts = consumer.beginning_offsets(assigned, timeout_ms=5_000)
+            position = starts.get(tp, 0)
+        waiting = ends.get(tp, 0) - position
+        if waiting > 0:
+            behind[tp] = waiting
+    return behind

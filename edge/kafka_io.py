@@ -65,14 +65,42 @@ def producer(cfg: KafkaConfig, client_id: str) -> KafkaProducer:
                          max_request_size=8 * 1024 * 1024)
 
 
-def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int) -> KafkaConsumer:
-    return KafkaConsumer(**_common(cfg, client_id), group_id=group, enable_auto_commit=False,
+def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int,
+             metadata_max_age_ms: int = 30_000) -> KafkaConsumer:
+    made = KafkaConsumer(**_common(cfg, client_id), group_id=group, enable_auto_commit=False,
                          auto_offset_reset="earliest", max_poll_records=max_poll_records,
                          isolation_level="read_committed",
-                         # New topics or partitions are noticed (and rebalanced) within 30 s.
-                         metadata_max_age_ms=30_000,
+                         # New topics or partitions are noticed (and rebalanced) this soon.
+                         metadata_max_age_ms=metadata_max_age_ms,
                          session_timeout_ms=cfg.session_timeout_ms,
                          heartbeat_interval_ms=max(500, min(3_000, cfg.session_timeout_ms // 10)))
+    _complete_pending_joins(made)
+    return made
+
+
+def _complete_pending_joins(made: KafkaConsumer) -> None:
+    """Make the group coordinator finish a join it started (Java's ``rejoinNeededOrPending``).
+
+    kafka-python 3.0.12 starts a rejoin when the leader sees the topics' metadata change,
+    without raising its ``rejoin_needed`` flag (the bug Kafka fixed as KAFKA-9815). When the
+    ``poll`` that sent the JoinGroup times out before the join completes (any short poll,
+    here 100 ms), the leader's own assignment has meanwhile made the metadata check pass:
+    the next poll sees no rejoin needed and never finishes the join. The member stays
+    "rebalancing" for good: no heartbeats, its partitions gated as pending revocation, and
+    nothing fetched. Seen here at every start where the server had just created its topics.
+    A join under way (``rejoining``, set when it is prepared, cleared when it completes)
+    counts as a rejoin needed, so the next poll carries it through."""
+    coordinator = getattr(made, "_coordinator", None)
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    if need_rejoin is None or not hasattr(coordinator, "rejoining"):
+        _log.warning("kafka_join_workaround_unavailable",
+                     detail="kafka-python's coordinator changed; stalled consumers are rebuilt instead")
+        return
+
+    def need_rejoin_or_pending() -> bool:
+        return bool(need_rejoin() or coordinator.rejoining)
+
+    coordinator.need_rejoin = need_rejoin_or_pending
 
 
 class Delivery:

@@ -196,6 +196,7 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
     cfg["kafka"] = {**cfg["kafka"], "client_id": f"{site.name}-sinkproc", "session_timeout_ms": 10_000}
     cfg["sink"] = {**cfg["sink"], "batch_rows": 20, "batch_ms": 50.0}
     sink_toml.write_text(to_toml(cfg))
+    proc = None
     try:
         site.start("server")
         site.start("gateway")
@@ -209,8 +210,8 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
             proc = subprocess.Popen([EDGE, "server", "--config", str(sink_toml)],
                                     stdout=log, stderr=log, env=faulty if exits < 4 else None)
             # Until the fault fires, or until everything is stored (then stop it).
-            while proc.poll() is None and not (sim.poll() is not None
-                                               and not tally_pg(site.ledger, server).missing):
+            while proc.poll() is None and time.monotonic() < deadline and not (
+                    sim.poll() is not None and not tally_pg(site.ledger, server).missing):
                 time.sleep(0.5)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -225,6 +226,9 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
         replays = (site.tmp / "sink.log").read_text().count("fault_injected")
         assert replays == exits
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # a sink left running would compete with the next test's
+            proc.wait(timeout=30)
         server.drop()
 
 
