@@ -29,10 +29,14 @@ def site(tmp_path, site_mqtt, central_mqtt, unique, request):
 
 
 def drained(site: Site, timeout: float = 90) -> None:
-    """Wait until the store holds everything in the ledger (or time out), then stop."""
+    """Wait until the store holds everything in the ledger, events too (or time out).
+
+    Events count: a frame the uplink published while the receiver was still subscribing
+    again (the central broker just restarted) is resent after ``confirm_timeout_s``, and
+    can arrive after every measurement did."""
     def complete() -> bool:
         t = tally(site.ledger, site.store_db)
-        return not t.missing
+        return not t.missing and t.events_stored >= t.events_expected
     wait_until(complete, timeout, "every ledger record in the store", interval=1.0)
 
 
