@@ -271,6 +271,25 @@ class Server:
         drop_session(self.site.central_port, f"{self.site.name}-receiver-bridge")
         with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        self._drop_topics()
+
+    def _drop_topics(self) -> None:
+        """Delete this test's Kafka topics: a day of runs left hundreds on the broker."""
+        from kafka.admin import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.kafka, request_timeout_ms=10_000)
+        except KafkaError:
+            return  # Kafka is down (a test stopped it): the topics stay, nothing else does
+        try:
+            mine = [t for t in admin.list_topics() if t.startswith(f"{self.site.name}.")]
+            if mine:
+                admin.delete_topics(mine)
+        except KafkaError:
+            pass
+        finally:
+            admin.close()
 
 
 def tally_pg(ledger: Path, server: Server) -> Tally:
