@@ -198,11 +198,15 @@ class ConsumingActor(EdgeActor):
             self.delivery.close()
             self.delivery = None
         if self.consumer is not None:
-            try:
-                self.consumer.close(autocommit=False, timeout_ms=5_000)
-            except KafkaError:
-                pass
+            self._close_consumer()
             self.consumer = None
+
+    def _close_consumer(self) -> None:
+        """Leave the group without committing: what was not committed is read again."""
+        try:
+            self.consumer.close(autocommit=False, timeout_ms=5_000)
+        except KafkaError as exc:
+            _log.warning("consumer_close_failed", actor=self.name, error=repr(exc))
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -389,10 +393,7 @@ class ConsumingActor(EdgeActor):
                    idle_s=round(idle_s, 1), stall_s=self.stall_s,
                    behind={f"{tp.topic}/{tp.partition}": n for tp, n in sorted(behind.items())},
                    detail="fetching nothing with records waiting: closed and subscribed again")
-        try:
-            self.consumer.close(autocommit=False, timeout_ms=5_000)
-        except KafkaError as exc:
-            _log.warning("consumer_close_failed", actor=self.name, error=repr(exc))
+        self._close_consumer()
         self.committed.clear()
         self.next_offset.clear()
         self.rebalanced.clear()
