@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
 from edge import log
@@ -50,6 +48,7 @@ WAITS = Counter("edge_source_receive_maximum_waits",
                 "Times paho's thread waited for commits: receive_maximum messages were held")
 UNACKED = Gauge("edge_source_unacked_messages", "Messages received and not yet acked")
 
+TOPICS_CACHED = 10_000  # topics whose filter is remembered (one per device and kind)
 IN_FLIGHT = 2  # batches handed on and not committed, before the ticker lets the next one grow
 _generations = itertools.count(int(time.time() * 1000))
 
@@ -74,7 +73,9 @@ class MqttSource(EdgeActor):
         self.batch = 0
         self.client: mqtt.Client | None = None
         self.stop_ticker = threading.Event()
-        self.counters = [RECEIVED.labels(f) for f in cfg.topics]
+        # topic -> the counter of the first filter it matches (no subscription identifiers:
+        # paho decodes a PUBLISH that carries one at twice the cost)
+        self.counters: dict[str, Any] = {}
         self.reconnect_requested = False
 
     # -- life cycle (actor thread)
@@ -131,10 +132,8 @@ class MqttSource(EdgeActor):
         CONNECTED.set(1)
         _log.info("source_connected", host=self.broker.host, port=self.broker.port,
                   session_present=flags.session_present, generation=self.generation)
-        for i, topic in enumerate(self.cfg.topics, start=1):
-            props = Properties(PacketTypes.SUBSCRIBE)
-            props.SubscriptionIdentifier = i
-            client.subscribe(topic, qos=1, properties=props)
+        for topic in self.cfg.topics:
+            client.subscribe(topic, qos=1)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -147,9 +146,10 @@ class MqttSource(EdgeActor):
         _log.warning("source_disconnected", reason=str(reason), generation=self.generation)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        ids = getattr(message.properties, "SubscriptionIdentifier", None)
-        if ids:
-            self.counters[ids[0] - 1].inc()
+        counter = self.counters.get(message.topic)
+        if counter is None:
+            counter = self._counter(message.topic)
+        counter.inc()
         with self.lock:
             self.pending.append((message.mid, message.topic, message.payload, time.time()))
             self.held += 1
@@ -161,6 +161,13 @@ class MqttSource(EdgeActor):
                 WAITS.inc()
                 self._flush_locked()  # what is held must reach the buffer to be committed
                 self.room.wait(0.5)
+
+    def _counter(self, topic: str) -> Any:
+        if len(self.counters) >= TOPICS_CACHED:
+            self.counters.clear()
+        name = next((f for f in self.cfg.topics if mqtt.topic_matches_sub(f, topic)), "other")
+        counter = self.counters[topic] = RECEIVED.labels(name)
+        return counter
 
     # -- any thread, under the lock
     def _flush_locked(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from edge import log, metrics, systemd
+from edge import log, metrics, mqtt, systemd
 from edge.actor import ActorContext, ActorHandle, Ping
 from edge.config import Config, SupervisionConfig
 from edge.errors import CrashLoopError, RuntimeFailure, StartupError
@@ -181,6 +181,7 @@ def run_graph(specs: Iterable[ActorSpec], cfg: Config) -> int:
     Used by the CLI's long-running commands. On a crash loop it prints one clear line to
     stderr and returns ``EXIT_CRASH_LOOP``; on SIGTERM/SIGINT it drains and returns 0.
     """
+    mqtt.share_property_tables()
     runtime = Runtime(specs, cfg.supervision)
     server = None
     if cfg.metrics.enabled:

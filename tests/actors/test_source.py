@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
+from prometheus_client import REGISTRY
 from harness import drop_session, wait_until
 
 from edge.actor import EdgeActor
@@ -72,7 +73,8 @@ def test_the_source_holds_at_most_receive_maximum_unacked_even_when_the_broker_s
     client_id, topic = f"{unique}-source", f"iot/{unique}/telemetry"
     queue_for(site_mqtt.port, client_id, topic, QUEUED)
     CommittingStub.received = CommittingStub.committed = CommittingStub.most_held = 0
-    cfg = SourceConfig(topics=(topic,), receive_maximum=RECEIVE_MAXIMUM, batch_max=20)
+    other = f"iot/{unique}/hello"  # a second filter: counts are per filter
+    cfg = SourceConfig(topics=(other, topic), receive_maximum=RECEIVE_MAXIMUM, batch_max=20)
     runtime = Runtime([ActorSpec("decoder", CommittingStub.start),
                        ActorSpec("source", lambda ctx: MqttSource.start(
                            ctx, MqttConfig(port=site_mqtt.port), cfg, client_id), after=("decoder",))],
@@ -84,4 +86,6 @@ def test_the_source_holds_at_most_receive_maximum_unacked_even_when_the_broker_s
         runtime.stop()
         drop_session(site_mqtt.port, client_id)
     assert CommittingStub.received == QUEUED
+    assert REGISTRY.get_sample_value("edge_source_messages_received_total", {"filter": topic}) == QUEUED
+    assert REGISTRY.get_sample_value("edge_source_messages_received_total", {"filter": other}) is None
     assert 0 < CommittingStub.most_held <= RECEIVE_MAXIMUM

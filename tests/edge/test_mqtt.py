@@ -1,0 +1,164 @@
+"""edge.mqtt's changes to paho's receive path: the same bytes and properties as stock paho,
+only cheaper (see the module's docstring for the figures)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from harness import wait_until
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import MqttConfig
+from edge.mqtt import READ_CHUNK, Client, _ReadBuffer, make_client, share_property_tables
+
+
+def test_the_read_buffer_serves_small_reads_from_one_large_read_and_counts_what_it_holds():
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"\x30\x05hello" + b"\x40\x02\x00\x01")
+        buffered = _ReadBuffer(b)
+        assert buffered.recv(1) == b"\x30"
+        assert buffered.pending() == 10  # all of it arrived in the first recv
+        assert buffered.recv(1) == b"\x05"
+        assert buffered.recv(5) == b"hello"
+        assert buffered.recv(100) == b"\x40\x02\x00\x01"  # a short read, as a socket may give
+        assert buffered.pending() == 0
+        assert buffered.fileno() == b.fileno()  # everything else is the socket's
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):  # paho's "nothing to read" stays the same
+            buffered.recv(1)
+        a.sendall(b"x" * (READ_CHUNK + 10))
+        a.close()
+        got = b""
+        while chunk := buffered.recv(7000):
+            got += chunk
+        assert got == b"x" * (READ_CHUNK + 10)  # then EOF: b"", as from the socket
+    finally:
+        b.close()
+
+
+def test_a_read_as_large_as_the_request_is_handed_over_without_copying():
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"abc")
+        buffered = _ReadBuffer(b)
+        assert buffered.recv(READ_CHUNK) == b"abc"
+        assert buffered.pending() == 0
+    finally:
+        a.close()
+        b.close()
+
+
+class Stock(Properties):
+    pass
+
+
+class Shared(Properties):
+    pass
+
+
+def filled(cls: type[Properties]) -> Properties:
+    props = cls(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1
+    props.MessageExpiryInterval = 3600
+    props.ContentType = "application/msgpack"
+    props.ResponseTopic = "edge/gw-1/ack"
+    props.CorrelationData = b"\x00\x01corr"
+    props.UserProperty = ("boot", "17")
+    props.UserProperty = ("seq", "4711")
+    props.SubscriptionIdentifier = 300
+    return props
+
+
+def test_shared_property_tables_pack_and_unpack_exactly_as_paho_does():
+    assert share_property_tables(Shared)
+    assert share_property_tables(Shared)  # once is enough; twice changes nothing
+    packed = filled(Stock).pack()
+    assert filled(Shared).pack() == packed
+    for cls in (Stock, Shared):
+        props = cls(PacketTypes.PUBLISH)
+        _, length = props.unpack(packed)
+        assert length == len(packed)
+        assert props.UserProperty == [("boot", "17"), ("seq", "4711")]
+        assert props.SubscriptionIdentifier == [300]
+        assert props.CorrelationData == b"\x00\x01corr"
+        assert props.ContentType == "application/msgpack"
+    stock, shared = Stock(PacketTypes.PUBLISH), Shared(PacketTypes.PUBLISH)
+    stock.unpack(packed)
+    shared.unpack(packed)
+    assert vars(stock).keys() == vars(shared).keys()
+    assert {k: v for k, v in vars(stock).items() if k not in ("types", "names", "properties")} == \
+        {k: v for k, v in vars(shared).items() if k not in ("types", "names", "properties")}
+    shared.unpack(b"\x00")  # unpack clears what an earlier unpack set, like paho's clear()
+    assert not hasattr(shared, "ContentType") and not hasattr(shared, "UserProperty")
+    connect = Shared(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = 86_400
+    connect.ReceiveMaximum = 1000
+    reference = Stock(PacketTypes.CONNECT)
+    reference.SessionExpiryInterval = 86_400
+    reference.ReceiveMaximum = 1000
+    assert connect.pack() == reference.pack()
+    with pytest.raises(Exception, match="does not apply"):  # paho's own checks still hold
+        Shared(PacketTypes.PUBLISH).ReceiveMaximum = 5
+
+
+def test_the_shared_tables_cannot_be_changed_through_an_instance():
+    share_property_tables(Shared)
+    props = Shared(PacketTypes.PUBLISH)
+    with pytest.raises(TypeError):
+        props.names["Made Up"] = 99  # type: ignore[index]
+    with pytest.raises(TypeError):
+        props.properties[1] = (0, [])  # type: ignore[index]
+
+
+def test_a_properties_class_that_is_not_what_it_was_written_for_is_left_alone():
+    class Other(Properties):
+        def __init__(self, packetType):  # noqa: N803
+            super().__init__(packetType)
+            self.__dict__["extra"] = 1
+
+    assert not share_property_tables(Other)
+    assert Other(PacketTypes.PUBLISH).__dict__["names"] is not Other(PacketTypes.PUBLISH).__dict__["names"]
+
+
+def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(site_mqtt, unique):
+    """Sizes around the 64 KiB read: packets split across reads, many in one read."""
+    topic = f"test/{unique}/sizes"
+    sizes = [0, 1, 127, 128, 16_383, 16_384, READ_CHUNK - 20, READ_CHUNK, READ_CHUNK + 1, 200_000] + [50] * 500
+    payloads = [os.urandom(n) for n in sizes]
+    got: list[bytes] = []
+    done = threading.Event()
+    sub = make_client(MqttConfig(port=site_mqtt.port), f"{unique}-sub")
+    assert isinstance(sub, Client)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *args: subscribed.set()
+
+    def on_message(client, userdata, message):
+        got.append(message.payload)
+        if len(got) == len(payloads):
+            done.set()
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", site_mqtt.port)
+    sub.loop_start()
+    sub.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", site_mqtt.port)
+    pub.loop_start()
+    try:
+        for payload in payloads:
+            pub.publish(topic, payload, qos=1)
+        wait_until(done.is_set, 30, "every message received")
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
+        sub.loop_stop()
+    assert got == payloads
