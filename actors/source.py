@@ -90,6 +90,7 @@ class MqttSource(EdgeActor):
     def _new_generation_locked(self) -> None:
         self.generation = next(_generations)
         self.batch = 0
+        self._count(tuple(self.pending))  # received, though never handed on
         self.pending.clear()
         UNACKED.dec(sum(n for _, n in self.outstanding.values()))
         self.outstanding.clear()
@@ -146,12 +147,9 @@ class MqttSource(EdgeActor):
         _log.warning("source_disconnected", reason=str(reason), generation=self.generation)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        counter = self.counters.get(message.topic)
-        if counter is None:
-            counter = self._counter(message.topic)
-        counter.inc()
+        topic = message.topic
         with self.lock:
-            self.pending.append((message.mid, message.topic, message.payload, time.time()))
+            self.pending.append((message.mid, topic, message.payload, time.time()))
             self.held += 1
             if len(self.pending) >= self.cfg.batch_max:
                 self._flush_locked()
@@ -162,18 +160,27 @@ class MqttSource(EdgeActor):
                 self._flush_locked()  # what is held must reach the buffer to be committed
                 self.room.wait(0.5)
 
-    def _counter(self, topic: str) -> Any:
-        if len(self.counters) >= TOPICS_CACHED:
-            self.counters.clear()
-        name = next((f for f in self.cfg.topics if mqtt.topic_matches_sub(f, topic)), "other")
-        counter = self.counters[topic] = RECEIVED.labels(name)
-        return counter
+    def _count(self, batch: tuple[tuple[int, str, bytes, float], ...]) -> None:
+        """Per filter, once per batch (an inc() takes a lock)."""
+        counts: dict[Any, int] = {}
+        counters = self.counters
+        for _, topic, _, _ in batch:
+            counter = counters.get(topic)
+            if counter is None:
+                if len(counters) >= TOPICS_CACHED:
+                    counters.clear()
+                name = next((f for f in self.cfg.topics if mqtt.topic_matches_sub(f, topic)), "other")
+                counter = counters[topic] = RECEIVED.labels(name)
+            counts[counter] = counts.get(counter, 0) + 1
+        for counter, n in counts.items():
+            counter.inc(n)
 
     # -- any thread, under the lock
     def _flush_locked(self) -> None:
         if not self.pending:
             return
         batch, self.pending = tuple(self.pending), []
+        self._count(batch)
         self.batch += 1
         self.outstanding[self.batch] = (time.monotonic(), len(batch))
         UNACKED.inc(len(batch))
