@@ -36,13 +36,13 @@ from prometheus_client import Counter, Gauge
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
+from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.codecs.records import Gap
 from edge.codecs.uplink import to_wire
 from edge.sqlite_rows import insert_rows
 
 _log = log.get(__name__)
 
-PRIORITY_HIGH, PRIORITY_TELEMETRY = 0, 1
 SCHEMA_VERSION = 1
 ROW_OVERHEAD = 48  # bytes per row besides the body, for the quota's estimate
 

@@ -12,12 +12,16 @@ may redeliver) the tracker is reloaded from the committed state, so it never run
 of what is durable. The reload is a message exchange, never a blocking ask: batches that
 arrive meanwhile wait here (bounded by the source's receive maximum) and are decoded, in
 order, once the state is back.
+
+The decoding itself (``edge.codecs.batch``) runs on this actor's thread, or with
+``[decoder] processes`` >= 1 in decoder processes (edge/decode_pool.py) that do not share
+the gateway's GIL; the tracker, the counters, the logs and the ack chain stay here either
+way, applied to the outcomes in message order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -25,15 +29,14 @@ from prometheus_client import Counter
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
-from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, Entry, GetSeqState, SeqState, Store
+from edge.actors.buffer import Entry, GetSeqState, SeqState, Store
+from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
+from edge.codecs.batch import Message, Quarantine, decode_batch
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.registry import CODECS
-from edge.codecs.errors import CodecError
-from edge.actors.commands import DeviceAck, Presence
-from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
-from edge.codecs.uplink import to_wire
 from edge.codecs.v2 import SequenceTracker, Verdict
+from edge.decode_pool import DecodePool
 
 _log = log.get(__name__)
 
@@ -49,23 +52,18 @@ REBOOTS = Counter("edge_decoder_device_reboots", "v2 devices seen restarting the
 class Incoming:
     """From the source: (mid, topic, payload, received at as epoch seconds) in order."""
 
-    messages: tuple[tuple[int, str, bytes, float], ...]
+    messages: tuple[Message, ...]
     generation: int
     batch: int
 
 
-def priority_of(record: Any) -> int:
-    if isinstance(record, Event):
-        return PRIORITY_HIGH
-    if isinstance(record, Measurement) and record.connector_mode == "alarm-mode":
-        return PRIORITY_HIGH
-    return PRIORITY_TELEMETRY
-
-
 class Decoder(EdgeActor):
-    def __init__(self, ctx: ActorContext, registry_text: str, buffer: str = "buffer") -> None:
+    def __init__(self, ctx: ActorContext, registry_text: str, buffer: str = "buffer",
+                 processes: int = 0) -> None:
         super().__init__(ctx)
+        self.registry_text, self.processes = registry_text, processes
         self.dispatcher = Dispatcher(registry_mod.loads(registry_text))
+        self.pool: DecodePool | None = None
         self.tracker = SequenceTracker()
         self.buffer = buffer
         self.generation: int | None = None
@@ -75,7 +73,14 @@ class Decoder(EdgeActor):
         self.waiting: list[Incoming] = []
 
     def on_start(self) -> None:
+        if self.processes:
+            self.pool = DecodePool(self.registry_text, self.processes)
         self._reload()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def _reload(self) -> None:
         self.loading = True
@@ -101,25 +106,24 @@ class Decoder(EdgeActor):
             case _:
                 raise TypeError(f"decoder got an unknown message {message!r}")
 
-    def _decode(self, messages: tuple[tuple[int, str, bytes, float], ...], generation: int,
-                batch: int) -> None:
+    def _decode(self, messages: tuple[Message, ...], generation: int, batch: int) -> None:
+        if self.pool is not None:
+            outcomes = self.pool.decode(messages)
+        else:
+            outcomes = decode_batch(self.dispatcher, self.pack, messages)
         entries: list[Entry] = []
         seq_state: dict[str, tuple[int, str | None]] = {}
         seen: dict[str, tuple[float, str | None]] = {}
         acks: list[DeviceAck] = []
-        pack = self.pack
         decoded: dict[str, int] = {}  # counters move once per batch: an inc() takes a lock
         records = 0
-        for _, topic, payload, received in messages:
-            received_at = datetime.fromtimestamp(received, UTC)
-            try:
-                result = self.dispatcher.decode(topic, payload, received_at)
-            except CodecError as exc:
-                entries.append(self._quarantine(topic, payload, received_at, [exc]))
+        for (_, topic, _, received), out in zip(messages, outcomes, strict=True):
+            if out.codec is None:
+                entries.append(self._quarantined(topic, out.quarantine))
                 continue
-            env = result.envelope
-            if env is not None and env.seq is not None:
-                verdict = self.tracker.observe(env.device_id, env.seq, env.ts_text)
+            if out.seq is not None:
+                device, seq, ts_text = out.seq
+                verdict = self.tracker.observe(device, seq, ts_text)
                 if not verdict.is_new:
                     DUPLICATES.inc()
                     continue
@@ -127,19 +131,17 @@ class Decoder(EdgeActor):
                     GAPS.inc(verdict.gap)
                 if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
-                seq_state[env.device_id] = self.tracker.last(env.device_id)  # type: ignore[assignment]
-            decoded[result.codec] = decoded.get(result.codec, 0) + 1
-            for record in result.records:
-                entries.append(Entry(priority_of(record), pack(to_wire(record))))
-                if type(record) is Status:
-                    seen[record.device_id] = (received, record.status)
-                elif type(record) is CommandAck:
-                    acks.append(DeviceAck(record.cmd_id, record.result))
-            if result.records and result.records[0].device_id not in seen:
-                seen[result.records[0].device_id] = (received, None)
-            records += len(result.records)
-            if result.errors:
-                entries.append(self._quarantine(topic, payload, received_at, result.errors))
+                seq_state[device] = self.tracker.last(device)  # type: ignore[assignment]
+            decoded[out.codec] = decoded.get(out.codec, 0) + 1
+            entries.extend(Entry(priority, body) for priority, body in out.entries)
+            for device, status in out.statuses:
+                seen[device] = (received, status)
+            acks.extend(DeviceAck(cmd_id, result) for cmd_id, result in out.acks)
+            if out.device is not None and out.device not in seen:
+                seen[out.device] = (received, None)
+            records += out.records
+            if out.quarantine is not None:
+                entries.append(self._quarantined(topic, out.quarantine))
         for codec, n in decoded.items():
             self.decoded[codec].inc(n)
         RECORDS.inc(records)
@@ -151,11 +153,9 @@ class Decoder(EdgeActor):
             for ack in acks:
                 self.send("commands", ack)
 
-    def _quarantine(self, topic: str, payload: bytes, received_at: datetime,
-                    errors: list[CodecError]) -> Entry:
-        first = errors[0]
-        QUARANTINED.labels(first.reason).inc()
-        text = "; ".join(e.describe() for e in errors)[:2000]
-        _log.warning("message_quarantined", topic=topic, reason=first.reason, detail=text[:300])
-        record = Quarantined(received_at, topic, payload, first.reason, text, first.field, first.offset)
-        return Entry(PRIORITY_TELEMETRY, self.pack(to_wire(record)))
+    @staticmethod
+    def _quarantined(topic: str, q: Quarantine | None) -> Entry:
+        assert q is not None
+        QUARANTINED.labels(q.reason).inc()
+        _log.warning("message_quarantined", topic=topic, reason=q.reason, detail=q.detail[:300])
+        return Entry(*q.entry)

@@ -183,9 +183,13 @@ class SourceConfig:
 
 @dataclass(frozen=True, slots=True)
 class DecoderConfig:
-    """[decoder] ``registry``: the device registry file (see fixtures/registry.toml)."""
+    """[decoder] ``registry``: the device registry file (see fixtures/registry.toml).
+    ``processes``: 0 decodes on the decoder actor's thread, in the gateway's process (the
+    smallest footprint); N >= 1 decodes in N separate processes (edge/decode_pool.py), so
+    decoding does not share the GIL with paho: more ingest, about 20 MB more memory each."""
 
     registry: str = "/etc/edge/registry.toml"
+    processes: int = _checked(0, _check_non_negative)
 
 
 @dataclass(frozen=True, slots=True)

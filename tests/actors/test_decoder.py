@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import queue
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +60,92 @@ def test_batches_wait_for_the_sequence_state_and_are_then_decoded_with_it(unique
         assert store.seq_state == {"pm-1": (6, None)}
     finally:
         runtime.stop()
+
+
+def v2(seq: int, msg_type: str, **fields) -> bytes:
+    return json.dumps({"v": 2, "device_id": "pm-2", "ts": f"2026-07-26T10:01:{seq:02d}Z", "seq": seq,
+                       "msg_type": msg_type, **fields}).encode()
+
+
+MIXED = (
+    (1, "iot/pm-2/telemetry", v2(1, "telemetry", measurements=[{"type": "voltage_dc", "val": 1.0},
+                                                              {"type": "current_dc", "val": "x"}]), 2.0),
+    (2, "iot/pm-2/telemetry", v2(1, "telemetry", measurements=[]), 2.0),  # a duplicate seq
+    (3, "iot/pm-2/status", v2(2, "status", status="offline"), 2.5),
+    (4, "iot/pm-2/command/ack", v2(3, "command_ack", cmd_id="c-9", result="accepted"), 3.0),
+    (5, "iot/pm-2/telemetry", b"{not json", 3.5),
+    (6, "homelab/energy/meter-1", json.dumps({"timestamp": "2026-07-26T10:02:00Z", "power_kw": 2.5}).encode(), 4.0),
+) + tuple((10 + i, "iot/pm-3/telemetry",
+           json.dumps({"v": 2, "device_id": "pm-3", "ts": "2026-07-26T10:03:00Z", "seq": i,
+                       "msg_type": "telemetry", "measurements": [{"type": "p", "val": float(i)}]}).encode(), 5.0)
+          for i in range(7))
+
+
+class Collecting(EdgeActor):
+    """A buffer that answers the state request at once and keeps what reaches it."""
+
+    got: queue.Queue = queue.Queue()
+
+    def handle(self, message):
+        match message:
+            case GetSeqState(reply_to):
+                reply_to.tell(SeqState({}))
+            case Store():
+                Collecting.got.put(("store", message))
+            case _:
+                Collecting.got.put(("other", message))
+
+
+def decode_with(processes: int) -> Store:
+    Collecting.got = queue.Queue()
+    runtime = Runtime([ActorSpec("buffer", Collecting.start),
+                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY, processes=processes),
+                                 after=("buffer",))], SupervisionConfig())
+    runtime.start()
+    try:
+        runtime.handles["decoder"].tell(Incoming(MIXED, generation=1, batch=1))
+        kind, store = Collecting.got.get(timeout=30)
+        assert kind == "store"
+        return store
+    finally:
+        runtime.stop()
+
+
+def test_decoder_processes_give_exactly_what_the_decoder_thread_gives():
+    alone = decode_with(0)
+    assert alone.mids == tuple(m[0] for m in MIXED)
+    # pm-2: 1 measurement + a quarantined copy (its bad val), the duplicate dropped, status,
+    # ack; the bad JSON quarantined; the homelab record; 7 pm-3 measurements.
+    assert len(alone.entries) == 2 + 1 + 1 + 1 + 1 + 7
+    assert alone.seq_state == {"pm-2": (3, None), "pm-3": (6, "2026-07-26T10:03:00Z")}  # seq 0: a boot
+    assert [e.priority for e in alone.entries][:4] == [1, 1, 0, 0]  # telemetry, quarantine, events
+    for processes in (1, 2):  # 2: the batch is split in two, the outcomes come back in order
+        assert decode_with(processes) == alone
+
+
+def test_a_decoder_process_that_dies_fails_the_actor_and_a_new_one_takes_over():
+    Collecting.got = queue.Queue()
+    runtime = Runtime([ActorSpec("buffer", Collecting.start),
+                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY, processes=1),
+                                 after=("buffer",))], SupervisionConfig(backoff_initial_s=0.1))
+    runtime.start()
+    try:
+        children = multiprocessing.active_children()
+        assert len(children) == 1
+        os.kill(children[0].pid, signal.SIGKILL)
+        children[0].join(10)
+        runtime.handles["decoder"].tell(Incoming(MIXED, generation=1, batch=1))  # meets a broken pool
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the supervisor restarts the decoder with a new process
+            if [c for c in multiprocessing.active_children() if c.pid != children[0].pid]:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no new decoder process")
+        time.sleep(1.0)  # restarted: state requested and answered
+        runtime.handles["decoder"].tell(Incoming(MIXED, generation=2, batch=1))  # the redelivery
+        kind, store = Collecting.got.get(timeout=30)
+        assert kind == "store" and store.generation == 2 and len(store.entries) == 13
+    finally:
+        runtime.stop()
+    assert not multiprocessing.active_children()  # stopping the actor stops its processes

@@ -1,0 +1,87 @@
+"""A batch of MQTT messages -> the buffer's entries, one outcome per message.
+
+The decoding half of the gateway's Decoder actor, without its state: the v2 sequence
+tracker, the counters and the logs stay with the actor, which applies them to these
+outcomes in order. Pure and picklable both ways, so the actor can run it on its own
+thread or in a decoder process (``[decoder] processes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from edge.codecs.dispatch import Dispatcher
+from edge.codecs.errors import CodecError
+from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
+from edge.codecs.uplink import to_wire
+
+PRIORITY_HIGH, PRIORITY_TELEMETRY = 0, 1  # the buffer's classes: events and alarms leave first
+
+Message = tuple[int, str, bytes, float]  # (MQTT id, topic, payload, received at, epoch seconds)
+
+
+class Quarantine(NamedTuple):
+    reason: str  # the first error's reason code
+    detail: str  # every error, described
+    entry: tuple[int, bytes]
+
+
+class Outcome(NamedTuple):
+    """What one message became. ``codec`` None: it did not decode at all (quarantine only)."""
+
+    codec: str | None
+    entries: tuple[tuple[int, bytes], ...]  # (priority, packed wire record), in order
+    quarantine: Quarantine | None  # the raw message with its reasons (also on partial errors)
+    seq: tuple[str, int, str] | None  # v2: (device, seq, ts text) for the sequence tracker
+    statuses: tuple[tuple[str, str], ...]  # (device, online|offline) from status records
+    device: str | None  # the first record's device: presence
+    acks: tuple[tuple[str, str], ...]  # (command id, result) from command acks
+    records: int
+
+
+def priority_of(record: Any) -> int:
+    if isinstance(record, Event):
+        return PRIORITY_HIGH
+    if isinstance(record, Measurement) and record.connector_mode == "alarm-mode":
+        return PRIORITY_HIGH
+    return PRIORITY_TELEMETRY
+
+
+def quarantine(pack: Callable[[Any], bytes], topic: str, payload: bytes, received_at: datetime,
+               errors: Sequence[CodecError]) -> Quarantine:
+    first = errors[0]
+    detail = "; ".join(e.describe() for e in errors)[:2000]
+    record = Quarantined(received_at, topic, payload, first.reason, detail, first.field, first.offset)
+    return Quarantine(first.reason, detail, (PRIORITY_TELEMETRY, pack(to_wire(record))))
+
+
+def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
+                 messages: Sequence[Message]) -> list[Outcome]:
+    out: list[Outcome] = []
+    for _, topic, payload, received in messages:
+        received_at = datetime.fromtimestamp(received, UTC)
+        try:
+            result = dispatcher.decode(topic, payload, received_at)
+        except CodecError as exc:
+            out.append(Outcome(None, (), quarantine(pack, topic, payload, received_at, [exc]), None, (),
+                               None, (), 0))
+            continue
+        env = result.envelope
+        entries = []
+        statuses = []
+        acks = []
+        for record in result.records:
+            entries.append((priority_of(record), pack(to_wire(record))))
+            if type(record) is Status:
+                statuses.append((record.device_id, record.status))
+            elif type(record) is CommandAck:
+                acks.append((record.cmd_id, record.result))
+        out.append(Outcome(
+            result.codec, tuple(entries),
+            quarantine(pack, topic, payload, received_at, result.errors) if result.errors else None,
+            (env.device_id, env.seq, env.ts_text) if env is not None and env.seq is not None else None,
+            tuple(statuses), result.records[0].device_id if result.records else None, tuple(acks),
+            len(result.records)))
+    return out
