@@ -2,6 +2,10 @@
 ``MqttConfig``, persistent sessions. Callbacks run on paho's network thread: keep them
 short and hand work to an actor.
 
+``Client`` turns Nagle's algorithm off (``nodelay``): with it on, every small packet of the
+ack chain could wait for a delayed TCP ACK (device -> store p99 at 1,000 msg/s: 110 ->
+30 ms, with ``set_tcp_nodelay`` in the brokers' configs).
+
 Two changes to paho's receive path, both measured with bench/gateway.py (a gateway
 draining queued QoS 1 messages, paho 2.2, 2-core machine) and both leaving what paho does
 unchanged, only cheaper:
@@ -25,6 +29,7 @@ that changes them falls back to stock behaviour instead of breaking.
 from __future__ import annotations
 
 import random
+import socket
 import ssl
 import types
 from typing import Any
@@ -72,10 +77,22 @@ class _ReadBuffer:
 
 
 class Client(mqtt.Client):
-    """paho's client, reading its socket through ``_ReadBuffer``."""
+    """paho's client, with TCP_NODELAY, reading its socket through ``_ReadBuffer``."""
 
     def _create_socket(self) -> Any:
-        return _ReadBuffer(super()._create_socket())
+        sock = super()._create_socket()
+        nodelay(sock)
+        return _ReadBuffer(sock)
+
+
+def nodelay(sock: Any) -> None:
+    """TCP_NODELAY: paho leaves Nagle's algorithm on, which holds a small packet (a PUBACK,
+    a confirmation) until the peer ACKs the previous one, and Linux delays that ACK up to
+    40 ms. Measured gateway -> central broker -> receiver -> confirmation: 62 ms on average
+    with Nagle on both ends, 4.5 ms with it off (the brokers' configs set
+    ``set_tcp_nodelay true`` for the other direction)."""
+    if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 _PROPERTY_ATTRS = {"packetType", "types", "names", "properties"}

@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.mqtt import READ_CHUNK, Client, _ReadBuffer, make_client, share_property_tables
+from edge.mqtt import READ_CHUNK, Client, _ReadBuffer, make_client, nodelay, share_property_tables
 
 
 def test_the_read_buffer_serves_small_reads_from_one_large_read_and_counts_what_it_holds():
@@ -126,6 +126,19 @@ def test_a_properties_class_that_is_not_what_it_was_written_for_is_left_alone():
     assert Other(PacketTypes.PUBLISH).__dict__["names"] is not Other(PacketTypes.PUBLISH).__dict__["names"]
 
 
+def test_the_client_turns_nagle_off_on_tcp_sockets_only():
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a, b = socket.socketpair()  # AF_UNIX: no such option
+    try:
+        nodelay(tcp)
+        nodelay(a)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        tcp.close()
+        a.close()
+        b.close()
+
+
 def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(site_mqtt, unique):
     """Sizes around the 64 KiB read: packets split across reads, many in one read."""
     topic = f"test/{unique}/sizes"
@@ -148,6 +161,7 @@ def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(si
     sub.loop_start()
     sub.subscribe(topic, qos=1)
     assert subscribed.wait(10)
+    assert sub.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no Nagle delays
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.max_inflight_messages_set(1000)
     pub.connect("127.0.0.1", site_mqtt.port)
