@@ -32,7 +32,7 @@ from harness import Server, Site, to_toml, wait_until  # noqa: E402
 
 import psycopg  # noqa: E402
 
-from edge.codecs.records import Measurement  # noqa: E402
+from edge.codecs.records import Measurement, iso  # noqa: E402
 from edge.codecs.uplink import Batch  # noqa: E402
 from edge.config import KafkaConfig, MqttConfig, PostgresConfig  # noqa: E402
 from edge.kafka_io import KafkaStore  # noqa: E402
@@ -77,12 +77,10 @@ def bench_rows(n: int) -> list[tuple]:
 def copy_alone(server: Server, n: int) -> float:
     """The machine's yardstick (the issue quotes about 750,000 rows/s here): binary COPY of
     the same rows into a plain table with no key, 10,000 rows per transaction."""
-    import psycopg
-
     from edge.sink_db import COLUMNS, TYPES
 
     rows = bench_rows(n)
-    with psycopg.connect(f"host=127.0.0.1 port=54329 dbname={server.db} user=edge") as conn:
+    with psycopg.connect(server.dsn) as conn:
         conn.execute("CREATE TEMP TABLE copy_yardstick (LIKE iot_measurements)")
         start = time.perf_counter()
         for i in range(0, n, 10_000):
@@ -148,12 +146,12 @@ def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, i
         # so the observer does not take the CPU the pipeline under test needs (2 cores).
         oldest = 0
         while not stop.is_set() or (len(seen) < len(sent) and time.monotonic() - stopped[0] < 15):
-            while oldest < len(order) and _iso(order[oldest]) in seen:
+            while oldest < len(order) and iso(order[oldest]) in seen:
                 oldest += 1
             if oldest < len(order):
                 for (t,) in conn.execute("SELECT time FROM iot_measurements WHERE device_id LIKE 'lat-%%' "
                                          "AND time >= %s", (order[oldest],)).fetchall():
-                    seen.setdefault(_iso(t), time.monotonic())
+                    seen.setdefault(iso(t), time.monotonic())
             time.sleep(0.005)
 
     stopped = [float("inf")]
@@ -163,7 +161,7 @@ def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, i
     began = time.monotonic()
     for i in range(n):
         now = datetime.now(UTC)
-        ts = _iso(now)
+        ts = iso(now)
         sent[ts] = time.monotonic()
         order.append(now)
         pub.publish(f"homelab/latency/lat-{i % 10}", json.dumps({"timestamp": ts, "power_kw": 1.0}), qos=1)
@@ -178,10 +176,6 @@ def latency(site: Site, server: Server, seconds: float) -> tuple[float, float, i
     conn.close()
     ms = sorted((seen[t] - sent[t]) * 1000 for t in sent if t in seen)
     return statistics.median(ms), ms[int(len(ms) * 0.99) - 1], len(sent) - len(ms)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
 
 
 def main() -> None:

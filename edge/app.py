@@ -41,8 +41,8 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
         ActorSpec("commands", lambda ctx: CommandRouter.start(
             ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
             cfg.commands.offline_after_s), after=("buffer",)),
-        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text,
-                                                             processes=cfg.decoder.processes), after=("buffer", "commands")),
+        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text, processes=cfg.decoder.processes),
+                  after=("buffer", "commands")),
         ActorSpec("uplink", lambda ctx: Uplink.start(ctx, uplink_link(cfg), cfg.uplink, gw),
                   after=("buffer", "commands")),
         ActorSpec("source", lambda ctx: MqttSource.start(ctx, cfg.site_broker, cfg.source, client_id),

@@ -28,6 +28,7 @@ that changes them falls back to stock behaviour instead of breaking.
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import ssl
@@ -154,7 +155,9 @@ def jittered_backoff(client: mqtt.Client, min_s: float, max_s: float) -> None:
                                max_delay=max(1, round(max_s)))
 
 
+@functools.cache
 def _client_class() -> type[mqtt.Client]:
+    """Decided once per process (and warned about once)."""
     if hasattr(mqtt.Client, "_create_socket"):
         return Client
     _log.warning("paho_read_buffer_unavailable", reason="paho.mqtt.client.Client has no _create_socket")
