@@ -35,14 +35,35 @@ def db(pg_dsn, unique):
 
 def test_migrations_apply_once_and_are_recorded_with_their_variant(db):
     with pg.connect(db, autocommit=True) as conn:
-        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations"]
+        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index"]
         applied = pg.migrate(conn)
-        assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all")]
+        assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all"),
+                                                             (4, "postgres")]
         assert pg.migrate(conn) == []
         assert pg.pending(conn) == []
         rows = conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "all"), (2, "postgres"), (3, "all")]
+        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres")]
         assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone() == ("p",)
+
+
+def test_every_partition_has_the_key_and_a_brin_time_index_that_range_queries_use(db):
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+        conn.execute("SELECT edge_ensure_partition('2030-06-01')")  # made after the migrations
+        indexes = dict(conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'iot_measurements_20300601'").fetchall())
+        assert len(indexes) == 2, indexes
+        brin = [d for d in indexes.values() if "USING brin" in d]
+        assert len(brin) == 1 and "(\"time\")" in brin[0] and "autosummarize='on'" in brin[0], indexes
+        key = [d for d in indexes.values() if "UNIQUE" in d]
+        assert len(key) == 1 and "(device_id, connector_mode, pin_position, label, \"time\")" in key[0], indexes
+        conn.execute("INSERT INTO iot_measurements (time, device_id, label, value) "
+                     "SELECT '2030-06-01'::timestamptz + i * interval '1 second', 'pm-' || i % 20, 'v', i "
+                     "FROM generate_series(0, 86399) AS i")  # a day, in time order, 20 devices
+        conn.execute("ANALYZE iot_measurements")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT * FROM iot_measurements WHERE time >= '2030-06-01 10:00Z' AND time < '2030-06-01 11:00Z'"))
+        assert "Bitmap Index Scan on iot_measurements_20300601_time_idx" in plan, plan
 
 
 def test_an_applied_migration_that_changed_is_an_error_naming_it(db, tmp_path):
