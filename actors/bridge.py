@@ -26,7 +26,7 @@ from edge.codecs import stream
 from edge.codecs.dispatch import topic_matches
 from edge.config import BridgeConfig, KafkaConfig, MqttConfig
 from edge.kafka_io import Delivery, producer
-from edge.mqtt import connect_properties, jittered_backoff, make_client
+from edge.mqtt import ack_many, connect_properties, jittered_backoff, make_client
 
 _log = log.get(__name__)
 
@@ -128,6 +128,6 @@ class DirectBridge(EdgeActor):
                                   source=f"mqtt:{self.origin}"))
             counted.append(route)
         self.delivery.deliver(out)  # returns only when Kafka has every message
-        for (mid, *_), (filt, kafka_topic) in zip(waiting, counted, strict=True):
-            self.client.ack(mid, 1)
+        ack_many(self.client, [mid for mid, *_ in waiting])  # one write for the batch
+        for filt, kafka_topic in counted:
             BRIDGED.labels(filt, kafka_topic).inc()

@@ -35,7 +35,7 @@ from edge.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Committed, Refused
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
-from edge.mqtt import connect_properties, jittered_backoff, make_client
+from edge.mqtt import ack_many, connect_properties, jittered_backoff, make_client
 
 _log = log.get(__name__)
 
@@ -208,8 +208,7 @@ class MqttSource(EdgeActor):
             case Committed(mids, generation, batch):
                 if generation != self.generation or self.client is None:
                     return None  # an old connection's: those come again
-                for mid in mids:
-                    self.client.ack(mid, 1)
+                ack_many(self.client, mids)  # one write for the batch
                 ACKED.inc(len(mids))
                 with self.lock:
                     _, count = self.outstanding.pop(batch, (0.0, 0))

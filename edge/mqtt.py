@@ -20,22 +20,32 @@ unchanged, only cheaper:
   on every unpack. The tables are constants that paho only reads: one shared read-only
   copy. Sustained ingest: +25 %.
 
-Both reach into paho: ``_create_socket`` is private, and the property tables are instance
-attributes. Each is applied only when paho looks the way it was written for (checked at
-run time, logged otherwise, and covered by tests/edge/test_mqtt.py), so a paho upgrade
-that changes them falls back to stock behaviour instead of breaking.
+And one to its send path: ``ack_many()`` sends the manual acks of a committed batch as one
+write. paho's ``ack()`` queues one PUBACK per call, each with a byte to the socket pair
+that wakes paho's loop and a ``send()`` of its own: two system calls and two GIL hand-offs
+per message, and one TCP segment per PUBACK with Nagle off.
+
+All three reach into paho: ``_create_socket`` and ``_packet_queue`` are private, and the
+property tables are instance attributes. Each is applied only when paho looks the way it
+was written for (checked at run time, logged otherwise, and covered by
+tests/edge/test_mqtt.py), so a paho upgrade that changes them falls back to stock
+behaviour instead of breaking.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import socket
 import ssl
+import struct
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -84,6 +94,34 @@ class Client(mqtt.Client):
         sock = super()._create_socket()
         nodelay(sock)
         return _ReadBuffer(sock)
+
+
+_PUBACK = struct.Struct("!BBH")  # what paho's ack() sends for QoS 1: type, length 2, message id
+
+
+def ack_many(client: mqtt.Client, mids: Sequence[int]) -> None:
+    """The manual QoS 1 acks of ``mids``, in order: the same PUBACK bytes paho's ``ack()``
+    sends, queued as one packet (one wake-up of paho's loop, one ``send()``)."""
+    if not mids:
+        return
+    if not _can_queue_raw() or not isinstance(client, Client):
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    if not getattr(client, "_manual_ack", True):  # as ack(): without manual acks paho acked
+        return
+    client._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
+
+
+@functools.cache
+def _can_queue_raw() -> bool:
+    queue = getattr(mqtt.Client, "_packet_queue", None)
+    params = list(inspect.signature(queue).parameters)[:5] if queue is not None else []
+    if params != ["self", "command", "packet", "mid", "qos"]:
+        _log.warning("paho_ack_many_unavailable", reason="paho.mqtt.client.Client._packet_queue is not "
+                     "what edge.mqtt was written for: acking one message at a time")
+        return False
+    return True
 
 
 def nodelay(sock: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -14,7 +15,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.mqtt import READ_CHUNK, Client, _ReadBuffer, make_client, nodelay, share_property_tables
+from edge.mqtt import (READ_CHUNK, Client, _ReadBuffer, ack_many, connect_properties, make_client, nodelay,
+                       share_property_tables)
 
 
 def test_the_read_buffer_serves_small_reads_from_one_large_read_and_counts_what_it_holds():
@@ -176,3 +178,68 @@ def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(si
         sub.disconnect()
         sub.loop_stop()
     assert got == payloads
+
+
+def test_ack_many_queues_the_pubacks_paho_would_send_as_one_packet():
+    client = make_client(MqttConfig(), "ack-many", manual_ack=True)
+    queued: list[tuple] = []
+    client._packet_queue = lambda *args: queued.append(args)  # type: ignore[method-assign]
+    for mid in (1, 300, 65535):
+        client.ack(mid, 1)
+    one_by_one = b"".join(args[1] for args in queued)
+    queued.clear()
+    ack_many(client, [1, 300, 65535])
+    assert len(queued) == 1 and queued[0][1] == one_by_one == b"\x40\x02\x00\x01\x40\x02\x01\x2c\x40\x02\xff\xff"
+    ack_many(client, [])
+    assert len(queued) == 1  # nothing to send, nothing queued
+    auto = make_client(MqttConfig(), "auto-ack")  # paho acks by itself: ack() sends nothing, nor this
+    auto._packet_queue = lambda *args: queued.append(args)  # type: ignore[method-assign]
+    ack_many(auto, [5])
+    assert len(queued) == 1
+
+
+def test_acks_sent_together_are_acks_for_the_broker_and_the_rest_comes_again(site_mqtt, unique):
+    """A persistent session receives 400 queued QoS 1 messages, acks the even ones with
+    ack_many (in groups of 50) and goes away; on the next connection the broker
+    redelivers exactly the odd ones."""
+    topic, client_id = f"test/{unique}/acks", f"{unique}-acker"
+
+    def session(on_message) -> Client:
+        client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
+        client.on_message = on_message
+        client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
+                       properties=connect_properties(300, receive_maximum=1000))
+        client.loop_start()
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(10)
+        return client
+
+    first: list[tuple[int, int]] = []
+    client = session(lambda c, u, m: first.append((m.mid, int(m.payload))))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", site_mqtt.port)
+    pub.loop_start()
+    try:
+        for info in [pub.publish(topic, str(i).encode(), qos=1) for i in range(400)]:
+            info.wait_for_publish(10)
+        wait_until(lambda: len(first) == 400, 10, "all 400 messages")
+        even = [mid for mid, n in first if n % 2 == 0]
+        for i in range(0, len(even), 50):
+            ack_many(client, even[i:i + 50])
+        time.sleep(0.5)  # the PUBACKs reach the broker
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    again: list[int] = []
+    client = session(lambda c, u, m: again.append(int(m.payload)))
+    try:
+        wait_until(lambda: len(again) >= 200, 10, "the redelivery")
+        time.sleep(0.5)  # and nothing more
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        pub.disconnect()
+        pub.loop_stop()
+    assert sorted(again) == list(range(1, 400, 2))
