@@ -5,7 +5,8 @@ buffer; on a gateway draining a backlog, paho alone can use all of it. With
 ``[decoder] processes = N`` (N >= 1) the decoding runs in N spawned processes that import
 only the codecs; the Decoder actor keeps the sequence tracker, the counters and the ack
 chain, and hands each batch over (split in N parts, results in order). The price is
-memory: each process holds its own interpreter and codecs, about 20 MB.
+memory: each process holds its own interpreter and codecs, and multiprocessing adds a
+resource tracker process (one decoder process and the tracker: 33.5 MB measured).
 
 A decoder process that dies (OOM killer) breaks the pool: the Decoder actor fails with
 the error, the supervisor restarts it with a new pool, and the batch, never committed, is

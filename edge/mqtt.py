@@ -104,7 +104,7 @@ def ack_many(client: mqtt.Client, mids: Sequence[int]) -> None:
     sends, queued as one packet (one wake-up of paho's loop, one ``send()``)."""
     if not mids:
         return
-    if not _can_queue_raw() or not isinstance(client, Client):
+    if not _can_queue_raw():
         for mid in mids:
             client.ack(mid, 1)
         return
