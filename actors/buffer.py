@@ -313,11 +313,17 @@ class BufferDB:
         return True
 
     def _drop_oldest(self, need: int) -> tuple[int, int, int, int] | None:
-        """(first seq, last seq, count, bytes) of the oldest telemetry rows that free
-        ``need`` bytes; the caller deletes them in its transaction."""
+        """(first seq, last seq, count, bytes) of the oldest telemetry rows not leased to
+        the uplink that free ``need`` bytes; the caller deletes them in its transaction.
+
+        Leased rows are in flight: a batch sent while the central broker was away still
+        reaches it when it is back (paho queues it). Dropping them would put records in a
+        gap record that the server then receives; so while the uplink's window holds the
+        oldest rows, the quota can be exceeded by at most that window."""
         freed, first, last, count = 0, None, None, 0
         for seq, size in self.conn.execute(
-                "SELECT seq, size FROM records WHERE priority = ? ORDER BY seq", (PRIORITY_TELEMETRY,)):
+                "SELECT seq, size FROM records WHERE priority = ? AND seq > ? ORDER BY seq",
+                (PRIORITY_TELEMETRY, self.cursor[PRIORITY_TELEMETRY])):
             first = seq if first is None else first
             last, count, freed = seq, count + 1, freed + size
             if freed >= need:
@@ -328,15 +334,17 @@ class BufferDB:
         return first, last, count, freed
 
     def expire(self, ttl_s: float) -> int:
-        """Delete telemetry stored more than ``ttl_s`` ago (wall clock: off by default, as a
-        Pi's clock jumps at boot); count it as dropped and store a gap record for it."""
+        """Delete telemetry stored more than ``ttl_s`` ago and not leased to the uplink
+        (wall clock: off by default, as a Pi's clock jumps at boot); count it as dropped and
+        store a gap record for it."""
         if ttl_s <= 0:
             return 0
         now = self.clock()
         cutoff = now - ttl_s
         first, last, count, size = self.conn.execute(
             "SELECT min(seq), max(seq), count(*), coalesce(sum(size), 0) FROM records "
-            "WHERE priority = ? AND stored_at < ?", (PRIORITY_TELEMETRY, cutoff)).fetchone()
+            "WHERE priority = ? AND stored_at < ? AND seq > ?",
+            (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY])).fetchone()
         if not count:
             return 0
         gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
@@ -344,8 +352,8 @@ class BufferDB:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ?",
-                         (PRIORITY_TELEMETRY, cutoff))
+            conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ? AND seq > ?",
+                         (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY]))
             conn.execute("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
                          (seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))

@@ -203,8 +203,9 @@ class BufferConfig:
     already told were safe).
     policy when ``quota_bytes`` is reached: ``reject`` (stop acking the site broker, which
     keeps the messages: back-pressure) or ``drop-oldest`` (delete the oldest telemetry,
-    count it, send a gap record upstream). ``ttl_s`` > 0 also drops telemetry older than
-    that (by wall clock, which jumps on a Pi at boot: off by default).
+    count it, send a gap record upstream; rows the uplink has in flight are never dropped,
+    so the quota can be exceeded by its window). ``ttl_s`` > 0 also drops telemetry older
+    than that (by wall clock, which jumps on a Pi at boot: off by default).
     """
 
     path: str = "/var/lib/edge/buffer.db"

@@ -95,6 +95,33 @@ def test_drop_oldest_deletes_the_oldest_telemetry_and_stores_a_gap(tmp_path):
     db.close()
 
 
+def test_drop_oldest_and_ttl_never_drop_rows_leased_to_the_uplink(tmp_path):
+    """Leased rows are in flight (a batch paho queued while the central broker was away
+    still arrives): a gap record must not name them."""
+    now = [1000.0]
+    db = BufferDB(str(tmp_path / "b.db"), quota_bytes=3000, policy="drop-oldest", clock=lambda: now[0])
+    db.store(entries(10), {}, 1, 1)  # seqs 1..10
+    leased = db.lease(4)
+    assert leased is not None and leased.seqs == (1, 2, 3, 4)
+    assert db.store(entries(10), {}, 1, 2)
+    assert db.dropped_total > 0
+    left = [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")]
+    assert left[:4] == [1, 2, 3, 4]  # the window stays
+    (seq, body), = [r for r in db.conn.execute("SELECT seq, body FROM records")
+                    if msgpack.unpackb(r[1])[0] == uplink.KIND_GAP]
+    (gap,) = uplink.decode(uplink.encode_packed("gw", 1, [seq], [body])).records
+    assert gap.first_seq == 5 and gap.count == db.dropped_total == gap.last_seq - 4
+    unleased = db.conn.execute("SELECT count(*) FROM records WHERE priority = ? AND seq > 4",
+                               (PRIORITY_TELEMETRY,)).fetchone()[0]
+    assert unleased > 0
+    now[0] = 2000.0
+    assert db.expire(60) == unleased  # everything is old; only what is not leased goes
+    telemetry = [r[0] for r in db.conn.execute(
+        "SELECT seq FROM records WHERE priority = ? ORDER BY seq", (PRIORITY_TELEMETRY,))]
+    assert telemetry == [1, 2, 3, 4]
+    db.close()
+
+
 def test_a_corrupt_database_is_moved_aside_and_reported_never_deleted(tmp_path):
     path = tmp_path / "buffer.db"
     db = BufferDB(str(path))
