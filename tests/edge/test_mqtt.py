@@ -15,8 +15,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.mqtt import (READ_CHUNK, Client, _ReadBuffer, ack_many, connect_properties, make_client, nodelay,
-                       share_property_tables)
+from edge.mqtt import (READ_CHUNK, Client, _Matcher, _matcher_is_replaceable, _ReadBuffer, ack_many,
+                       connect_properties, make_client, nodelay, share_property_tables)
 
 
 def test_the_read_buffer_serves_small_reads_from_one_large_read_and_counts_what_it_holds():
@@ -178,6 +178,92 @@ def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(si
         sub.disconnect()
         sub.loop_stop()
     assert got == payloads
+
+
+def test_packets_already_read_are_handled_without_a_pass_of_paho_loop_each(site_mqtt, unique):
+    """2,000 queued messages arrive in a few large reads: stock paho goes once around its
+    loop (a select() and loop_misc) per packet, edge's Client once per read. Every message
+    still arrives, in order, and the acks reach the broker."""
+    topic, client_id, n = f"test/{unique}/burst", f"{unique}-burst", 2000
+    got: list[int] = []
+    passes = 0
+
+    def connect(on_message) -> Client:
+        client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
+        client.on_message = on_message
+        client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
+                       properties=connect_properties(300, receive_maximum=n))
+        client.loop_start()
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(10)
+        return client
+
+    client = connect(lambda c, u, m: None)  # the session exists; messages queue while away
+    client.disconnect()
+    client.loop_stop()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", site_mqtt.port)
+    pub.loop_start()
+    try:
+        for info in [pub.publish(topic, str(i).encode(), qos=1) for i in range(n)]:
+            info.wait_for_publish(10)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+    def on_message(c, u, m):
+        got.append(int(m.payload))
+        ack_many(c, [m.mid])
+
+    client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
+    misc = client.loop_misc
+
+    def counting_misc():  # paho's _loop ends every pass with loop_misc()
+        nonlocal passes
+        passes += 1
+        return misc()
+
+    client.loop_misc = counting_misc  # type: ignore[method-assign]
+    client.on_message = on_message
+    client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
+                   properties=connect_properties(300, receive_maximum=n))
+    client.loop_start()
+    try:
+        wait_until(lambda: len(got) >= n, 20, "the queued messages")
+        received_in = passes
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert got == list(range(n))
+    assert received_in < n / 10, f"{received_in} passes of paho's loop for {n} messages"
+    again: list[int] = []
+    client = connect(lambda c, u, m: again.append(int(m.payload)))
+    time.sleep(1.0)  # anything unacked would come again now
+    client.disconnect()
+    client.loop_stop()
+    assert again == []
+
+
+def test_the_empty_matcher_shortcut_keeps_message_callbacks_working():
+    client = make_client(MqttConfig(), "matcher")
+    matcher = client._on_message_filtered
+    assert isinstance(matcher, _Matcher)
+    assert list(matcher.iter_match("iot/pm-1/telemetry")) == []
+    def callback(*args: object) -> None:
+        pass
+
+    client.message_callback_add("iot/+/telemetry", callback)
+    assert list(matcher.iter_match("iot/pm-1/telemetry")) == [callback]
+    assert list(matcher.iter_match("iot/pm-1/hello")) == []
+    client.message_callback_remove("iot/+/telemetry")
+    assert list(matcher.iter_match("iot/pm-1/telemetry")) == []
+    stock = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    stock.message_callback_add("a/#", callback)
+    assert not _matcher_is_replaceable(stock)  # not empty: not what the shortcut was written for
+    stock._on_message_filtered = object()
+    assert not _matcher_is_replaceable(stock)
 
 
 def test_ack_many_queues_the_pubacks_paho_would_send_as_one_packet():
