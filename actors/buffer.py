@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import pykka
@@ -59,8 +60,10 @@ CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at s
 
 
 # ----------------------------------------------------------------------------- messages
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One record to store. A tuple, so the decoder hands on the (priority, body) pairs of
+    ``edge.codecs.batch.Outcome`` as they are (no object built per record)."""
+
     priority: int
     body: bytes  # the record's wire form (edge.codecs.uplink.to_wire), msgpack-packed
 
@@ -76,7 +79,7 @@ class Store:
     everything unacked, in order. Acks therefore never skip a message.
     """
 
-    entries: tuple[Entry, ...]
+    entries: tuple[tuple[int, bytes], ...]  # Entry, or (priority, body) as a plain tuple
     mids: tuple[int, ...]
     generation: int
     batch: int
@@ -251,10 +254,10 @@ class BufferDB:
     def refuse(self, generation: int) -> None:
         self.refused_generations.add(generation)
 
-    def store(self, entries: tuple[Entry, ...], seq_state: dict[str, tuple[int, str | None]],
+    def store(self, entries: Sequence[tuple[int, bytes]], seq_state: dict[str, tuple[int, str | None]],
               generation: int | None = None, batch: int | None = None) -> bool:
         """Commit a batch with its identities. False: the quota (reject policy) refused it."""
-        incoming = sum(len(e.body) + ROW_OVERHEAD for e in entries)
+        incoming = sum(len(body) for _, body in entries) + ROW_OVERHEAD * len(entries)
         dropped: tuple[int, int, int, int] | None = None
         if self.bytes + incoming > self.quota_bytes:
             if self.policy == "reject":
@@ -268,8 +271,9 @@ class BufferDB:
             gap = msgpack.packb(gap_record(now, dropped[0], dropped[1], dropped[2]), use_bin_type=True)
             rows.append((seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
             seq += 1
-        for e in entries:
-            rows.append((seq, self.boot_epoch, e.priority, e.body, len(e.body) + ROW_OVERHEAD, now))
+        epoch = self.boot_epoch
+        for priority, body in entries:
+            rows.append((seq, epoch, priority, body, len(body) + ROW_OVERHEAD, now))
             seq += 1
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")

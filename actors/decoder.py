@@ -111,37 +111,39 @@ class Decoder(EdgeActor):
             outcomes = self.pool.decode(messages)
         else:
             outcomes = decode_batch(self.dispatcher, self.pack, messages)
-        entries: list[Entry] = []
+        entries: list[tuple[int, bytes]] = []  # Entry or its plain tuple
         seq_state: dict[str, tuple[int, str | None]] = {}
         seen: dict[str, tuple[float, str | None]] = {}
         acks: list[DeviceAck] = []
         decoded: dict[str, int] = {}  # counters move once per batch: an inc() takes a lock
         records = 0
+        observe, last = self.tracker.observe, self.tracker.last
         for (_, topic, _, received), out in zip(messages, outcomes, strict=True):
-            if out.codec is None:
-                entries.append(self._quarantined(topic, out.quarantine))
+            codec, out_entries, quarantine, seq, statuses, device, out_acks, n = out
+            if codec is None:
+                entries.append(self._quarantined(topic, quarantine))
                 continue
-            if out.seq is not None:
-                device, seq, ts_text = out.seq
-                verdict = self.tracker.observe(device, seq, ts_text)
-                if not verdict.is_new:
+            if seq is not None:
+                verdict = observe(*seq)
+                if verdict.verdict is Verdict.DUPLICATE:
                     DUPLICATES.inc()
                     continue
                 if verdict.gap:
                     GAPS.inc(verdict.gap)
                 if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
-                seq_state[device] = self.tracker.last(device)  # type: ignore[assignment]
-            decoded[out.codec] = decoded.get(out.codec, 0) + 1
-            entries.extend(Entry(priority, body) for priority, body in out.entries)
-            for device, status in out.statuses:
-                seen[device] = (received, status)
-            acks.extend(DeviceAck(cmd_id, result) for cmd_id, result in out.acks)
-            if out.device is not None and out.device not in seen:
-                seen[out.device] = (received, None)
-            records += out.records
-            if out.quarantine is not None:
-                entries.append(self._quarantined(topic, out.quarantine))
+                seq_state[seq[0]] = last(seq[0])  # type: ignore[assignment]
+            decoded[codec] = decoded.get(codec, 0) + 1
+            entries.extend(out_entries)  # (priority, body) pairs: what an Entry is
+            for status_device, status in statuses:
+                seen[status_device] = (received, status)
+            for cmd_id, result in out_acks:
+                acks.append(DeviceAck(cmd_id, result))
+            if device is not None and device not in seen:
+                seen[device] = (received, None)
+            records += n
+            if quarantine is not None:
+                entries.append(self._quarantined(topic, quarantine))
         for codec, n in decoded.items():
             self.decoded[codec].inc(n)
         RECORDS.inc(records)

@@ -60,6 +60,7 @@ def quarantine(pack: Callable[[Any], bytes], topic: str, payload: bytes, receive
 def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
                  messages: Sequence[Message]) -> list[Outcome]:
     out: list[Outcome] = []
+    times: dict[datetime, int] = {}  # a message's records mostly share its time
     for _, topic, payload, received in messages:
         received_at = datetime.fromtimestamp(received, UTC)
         try:
@@ -69,19 +70,24 @@ def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
                                None, (), 0))
             continue
         env = result.envelope
+        records = result.records
         entries = []
-        statuses = []
-        acks = []
-        for record in result.records:
-            entries.append((priority_of(record), pack(to_wire(record))))
-            if type(record) is Status:
-                statuses.append((record.device_id, record.status))
-            elif type(record) is CommandAck:
-                acks.append((record.cmd_id, record.result))
+        statuses: list[tuple[str, str]] | tuple[()] = ()
+        acks: list[tuple[str, str]] | tuple[()] = ()
+        for record in records:
+            kind = type(record)
+            if kind is Measurement:  # the bulk: priority_of() inline
+                priority = PRIORITY_HIGH if record.connector_mode == "alarm-mode" else PRIORITY_TELEMETRY
+            else:
+                priority = priority_of(record)
+                if kind is Status:
+                    statuses = [*statuses, (record.device_id, record.status)]
+                elif kind is CommandAck:
+                    acks = [*acks, (record.cmd_id, record.result)]
+            entries.append((priority, pack(to_wire(record, times))))
         out.append(Outcome(
             result.codec, tuple(entries),
             quarantine(pack, topic, payload, received_at, result.errors) if result.errors else None,
             (env.device_id, env.seq, env.ts_text) if env is not None and env.seq is not None else None,
-            tuple(statuses), result.records[0].device_id if result.records else None, tuple(acks),
-            len(result.records)))
+            tuple(statuses), records[0].device_id if records else None, tuple(acks), len(records)))
     return out

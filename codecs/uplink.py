@@ -89,9 +89,10 @@ def encode(gateway_id: str, boot_epoch: int, first_seq: int, records: list[Recor
                        [_to_wire(r, cache) for r in records], compress, seqs)
 
 
-def to_wire(record: Record) -> list[Any]:
-    """One record in its wire form (what the gateway's buffer stores, packed)."""
-    return _to_wire(record, {})
+def to_wire(record: Record, times: dict[datetime, int] | None = None) -> list[Any]:
+    """One record in its wire form (what the gateway's buffer stores, packed). ``times``:
+    a cache of converted timestamps, for records that share them (a batch)."""
+    return _to_wire(record, {} if times is None else times)
 
 
 def encode_packed(gateway_id: str, boot_epoch: int, seqs: list[int] | tuple[int, ...],

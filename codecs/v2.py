@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.codecs.errors import CodecError, PayloadError, TopicError, ValueError_
 from edge.codecs.f2 import parse_json, parse_time
@@ -30,8 +30,7 @@ ACK_RESULTS = frozenset({"accepted", "rejected", "error", "unsupported"})
 OTA_STATES = frozenset({"downloading", "verifying", "applying", "success", "failed"})
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):  # a tuple: built for every message, a frozen dataclass costs 4x
     v: int
     device_id: str
     ts: datetime
@@ -185,6 +184,9 @@ class SeqResult:
         return self.verdict is not Verdict.DUPLICATE
 
 
+_NEW, _DUPLICATE = SeqResult(Verdict.NEW), SeqResult(Verdict.DUPLICATE)  # the usual answers, shared
+
+
 class SequenceTracker:
     """Per-device dedup and gap counting for v2 ``seq`` (wraps at 2**32, 0 after a reboot).
 
@@ -204,22 +206,22 @@ class SequenceTracker:
         previous = self._last.get(device_id)
         if previous is None:
             self._last[device_id] = (seq, ts if seq == 0 else None)
-            return SeqResult(Verdict.NEW)
+            return _NEW
         last, boot_ts = previous
         if seq == 0:
             if ts == boot_ts:
-                return SeqResult(Verdict.DUPLICATE)
+                return _DUPLICATE
             self._last[device_id] = (0, ts)
-            return SeqResult(Verdict.NEW if last == SEQ_MOD - 1 else Verdict.REBOOT)
+            return _NEW if last == SEQ_MOD - 1 else SeqResult(Verdict.REBOOT)
         ahead = (seq - last) % SEQ_MOD
         if ahead == 0:
-            return SeqResult(Verdict.DUPLICATE)
+            return _DUPLICATE
         if ahead < SEQ_MOD // 2:
             self._last[device_id] = (seq, boot_ts)
-            return SeqResult(Verdict.NEW, gap=ahead - 1)
+            return _NEW if ahead == 1 else SeqResult(Verdict.NEW, gap=ahead - 1)
         behind = SEQ_MOD - ahead
         if behind <= self.replay_window:
-            return SeqResult(Verdict.DUPLICATE)
+            return _DUPLICATE
         self._last[device_id] = (seq, None)
         return SeqResult(Verdict.REBOOT, gap=seq)  # seq 0..seq-1 of the new boot are missing
 

@@ -118,7 +118,7 @@ def test_decoder_processes_give_exactly_what_the_decoder_thread_gives():
     # ack; the bad JSON quarantined; the homelab record; 7 pm-3 measurements.
     assert len(alone.entries) == 2 + 1 + 1 + 1 + 1 + 7
     assert alone.seq_state == {"pm-2": (3, None), "pm-3": (6, "2026-07-26T10:03:00Z")}  # seq 0: a boot
-    assert [e.priority for e in alone.entries][:4] == [1, 1, 0, 0]  # telemetry, quarantine, events
+    assert [priority for priority, _ in alone.entries][:4] == [1, 1, 0, 0]  # telemetry, quarantine, events
     for processes in (1, 2):  # 2: the batch is split in two, the outcomes come back in order
         assert decode_with(processes) == alone
 
