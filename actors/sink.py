@@ -1,9 +1,15 @@
 """TimescaleSink: ``decoded_iot_data`` and ``device_events`` into PostgreSQL/TimescaleDB.
 
 A consumer group member (edge/consuming.py): batches by size and time, parses a batch on
-the actor's thread while the batch before it is written, writes it in one database
-transaction on the writer thread (edge/sink_db.py: binary COPY into staging, then INSERT),
-and commits the Kafka offsets only after the database committed.
+the actor's thread while the batches before it are written, writes it in one database
+transaction on a writer thread (edge/sink_db.py: binary COPY into staging, then INSERT),
+and commits the Kafka offsets only after the database committed, in batch order.
+
+``writers`` (default 2) batches are written at once, each on its own connection: most of
+a batch's time is PostgreSQL's insert work (the primary key's B-tree above all), which
+one connection does on one core. The rows are keyed and the rollup and device-state
+upserts commute, so the order of the transactions does not matter; the upserts lock
+their rows in key order, so two transactions wait for each other but never deadlock.
 
 - The database away (connection refused, shut down, failover): the batch is kept, the
   partitions paused, the write retried with backoff; nothing is committed meanwhile.
@@ -15,6 +21,8 @@ and commits the Kafka offsets only after the database committed.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Any
 
@@ -50,13 +58,19 @@ class TimescaleSink(ConsumingActor):
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, postgres: PostgresConfig,
                  cfg: SinkConfig, client_id: str) -> None:
         super().__init__(ctx, kafka, cfg.group, (kafka.decoded_topic, kafka.events_topic), client_id,
-                         cfg.batch_rows, cfg.batch_ms, cfg.retry_initial_s, cfg.retry_max_s)
+                         cfg.batch_rows, cfg.batch_ms, cfg.retry_initial_s, cfg.retry_max_s,
+                         writers=cfg.writers)
         self.cfg = cfg
-        self.db = SinkDb(postgres)
+        self.all_dbs = [SinkDb(postgres) for _ in range(cfg.writers)]
+        self.dbs: queue.SimpleQueue[SinkDb] = queue.SimpleQueue()  # one per writer thread at a time
+        for db in self.all_dbs:
+            self.dbs.put(db)
+        self.dead_lock = threading.Lock()  # one writer at a time hands dead letters to Kafka
 
     def close(self) -> None:
         super().close()
-        self.db.close()
+        for db in self.all_dbs:
+            db.close()
 
     def prepare(self, records: list[ConsumerRecord]) -> _Prepared:
         parsed: list[_Parsed] = []
@@ -84,12 +98,17 @@ class TimescaleSink(ConsumingActor):
             dead += self._isolate(parsed)
         if dead:
             assert self.delivery is not None
-            self.delivery.deliver(dead)  # before the offsets move past them
+            with self.dead_lock:
+                self.delivery.deliver(dead)  # before the offsets move past them
 
     def _write(self, rows: list[stream.Row], events: list[dict[str, Any]]) -> None:
-        start = time.monotonic()
-        inserted = self.db.write(rows, events)
-        DB_SECONDS.observe(time.monotonic() - start)
+        db = self.dbs.get()
+        try:
+            start = time.monotonic()
+            inserted = db.write(rows, events)
+            DB_SECONDS.observe(time.monotonic() - start)
+        finally:
+            self.dbs.put(db)
         BATCH_ROWS.observe(len(rows))
         ROWS.inc(inserted)
         DUPLICATES.inc(len(rows) - inserted)

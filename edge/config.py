@@ -300,11 +300,14 @@ class StreamDecoderConfig:
 
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
-    """decoded_iot_data and device_events -> PostgreSQL/TimescaleDB."""
+    """decoded_iot_data and device_events -> PostgreSQL/TimescaleDB. ``writers``: batches
+    written at once, each in its own transaction on its own connection (offsets are still
+    committed in order); 1 writes one batch at a time."""
 
     group: str = "edge-sink"
     batch_rows: int = _checked(10_000, _check_positive)
     batch_ms: float = _checked(500.0, _check_positive)
+    writers: int = _checked(2, _check_positive)
     max_attempts: int = _checked(3, _check_positive)
     retry_initial_s: float = _checked(0.5, _check_positive)
     retry_max_s: float = _checked(15.0, _check_positive)

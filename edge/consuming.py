@@ -9,15 +9,19 @@ A batch goes through two steps:
 - ``process`` (the actor's writer thread: the durable work, such as producing and waiting
   for Kafka's acks or committing a database transaction),
 
-and only then are its offsets committed. One batch is in ``process`` at a time, in order;
-the next one is polled and prepared meanwhile, so Python's work overlaps the database's
-or the broker's. Nothing is committed before it is durable downstream; a crash in between
-replays the batch, which every consumer here absorbs by record identity.
+and only then are its offsets committed. By default one batch is in ``process`` at a
+time, in order; the next one is polled and prepared meanwhile, so Python's work overlaps
+the database's or the broker's. A consumer whose downstream takes batches in any order
+(the sink: rows are keyed, upserts commute) may have ``writers`` > 1 batches in
+``process`` at once, each on its own writer thread; offsets are still committed in batch
+order, each batch's only once it and every batch before it are durable. Nothing is
+committed before it is durable downstream; a crash in between replays the batch, which
+every consumer here absorbs by record identity.
 
 When ``process`` raises one of ``retryable`` (the database is away), the batch is kept
-(with the records taken after it, behind it), the partitions are paused (polling
-continues, so the group keeps the member), and the batch is retried with capped
-exponential backoff. On a rebalance the batch in flight is finished and committed; what
+(with the batches in flight after it, once their writers are done, and the records taken
+after them, behind it), the partitions are paused (polling continues, so the group keeps
+the member), and the batch is retried alone with capped exponential backoff. On a rebalance the batch in flight is finished and committed; what
 was only taken is dropped *uncommitted* and read again from the committed offsets.
 
 A consumer that owns partitions with records past its position and fetches none of them
@@ -33,7 +37,8 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -112,7 +117,7 @@ class ConsumingActor(EdgeActor):
 
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, group: str, topics: tuple[str, ...],
                  client_id: str, batch_max: int, batch_ms: float, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 15.0, stall_s: float | None = None) -> None:
+                 retry_max_s: float = 15.0, stall_s: float | None = None, writers: int = 1) -> None:
         super().__init__(ctx)
         self.kafka, self.group, self.topics, self.client_id = kafka, group, topics, client_id
         self.batch_max, self.batch_s = batch_max, batch_ms / 1000
@@ -120,8 +125,9 @@ class ConsumingActor(EdgeActor):
         self.consumer: Any = None
         self.delivery: Delivery | None = None
         self.pending: list[ConsumerRecord] = []
-        self.inflight: _InFlight | None = None
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"{ctx.name}-writer")
+        self.writers = writers
+        self.inflight: deque[_InFlight] = deque()  # oldest first
+        self.writer = ThreadPoolExecutor(writers, thread_name_prefix=f"{ctx.name}-writer")
         self.batch_started = 0.0
         self.retry_at: float | None = None
         self.retry_delay = retry_initial_s
@@ -145,7 +151,7 @@ class ConsumingActor(EdgeActor):
 
     def process(self, prepared: Any) -> None:
         """Make the batch durable downstream; return only when it is. Raise to retry.
-        Runs on the writer thread, one batch at a time, in order."""
+        Runs on a writer thread: one batch at a time, in order, unless ``writers`` > 1."""
         raise NotImplementedError
 
     def dead_letter(self, rec: ConsumerRecord, reason: str, detail: str, field: str | None,
@@ -187,12 +193,13 @@ class ConsumingActor(EdgeActor):
                          detail="subscribing anyway; partitions are picked up when they appear")
 
     def close(self) -> None:
-        if self.inflight is not None and self.consumer is not None:
+        if self.inflight and self.consumer is not None:
             try:
-                self._settle()  # durable work finishes; its offsets are committed if they can be
+                while self.inflight:  # durable work finishes; offsets are committed if they can be
+                    self._settle()
             except Exception as exc:  # noqa: BLE001 - closing: the next owner replays it
                 _log.warning("batch_unsettled_at_close", actor=self.name, error=repr(exc))
-        self.inflight = None
+        self.inflight.clear()
         self.writer.shutdown(wait=True)
         if self.delivery is not None:
             self.delivery.close()
@@ -220,14 +227,15 @@ class ConsumingActor(EdgeActor):
 
     def health(self) -> dict[str, Any]:
         return {"state": "running", "pending": len(self.pending), "paused": self.retry_at is not None,
-                "in_flight": len(self.inflight.batch) if self.inflight is not None else 0}
+                "in_flight": sum(len(f.batch) for f in self.inflight)}
 
     def _step(self) -> None:
         now = time.monotonic()
         if self.rebalanced.is_set():
             self._rebalanced()
-        if self.inflight is not None and self.inflight.future.done():
-            self._settle()
+        while self.inflight and self.inflight[0].future.done():
+            if not self._settle():
+                break
         if self.retry_at is not None:
             assigned = self.consumer.assignment()
             if assigned:
@@ -264,11 +272,12 @@ class ConsumingActor(EdgeActor):
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
-        prepared = self.prepare(batch)  # while the batch before it is being written
-        if self.inflight is not None and not self._settle():
-            self.pending.extend(batch)  # behind the batch that failed, which goes first
-            return
-        self.inflight = _InFlight(batch, self.writer.submit(self._durable, prepared))
+        prepared = self.prepare(batch)  # while the batches before it are being written
+        while len(self.inflight) >= self.writers:  # a writer must be free
+            if not self._settle():
+                self.pending.extend(batch)  # behind the batches that failed, which go first
+                return
+        self.inflight.append(_InFlight(batch, self.writer.submit(self._durable, prepared)))
         if self.retry_at is not None:
             self._settle()  # a retry is written alone: consumption resumes once it is durable
 
@@ -278,17 +287,21 @@ class ConsumingActor(EdgeActor):
         return time.monotonic() - start
 
     def _settle(self) -> bool:
-        """Wait for the batch in flight. Durable: commit its offsets (and resume if paused),
-        True. Failed with a retryable error: keep it first in ``pending``, pause, False.
-        Any other error propagates (the actor fails and restarts from the commits)."""
-        assert self.inflight is not None
-        batch, future = self.inflight.batch, self.inflight.future
-        self.inflight = None
+        """Wait for the oldest batch in flight. Durable: commit its offsets (and resume if
+        paused), True. Failed with a retryable error: keep it first in ``pending``, the
+        batches in flight after it behind it (once their writers are done: what they made
+        durable is written again, and absorbed by identity), pause, False. Any other error
+        propagates (the actor fails and restarts from the commits)."""
+        batch, future = self.inflight[0].batch, self.inflight[0].future
+        self.inflight.popleft()
         try:
             seconds = future.result()
         except self.retryable as exc:
             RETRIES.labels(self.group).inc()
-            self.pending = batch + self.pending
+            later = list(self.inflight)
+            self.inflight.clear()
+            wait([f.future for f in later])
+            self.pending = batch + [r for f in later for r in f.batch] + self.pending
             self.retry_at = time.monotonic() + self.retry_delay
             _log.warning("batch_retry", actor=self.name, group=self.group, records=len(batch),
                          error=f"{type(exc).__name__}: {str(exc).strip()[:300]}",
@@ -341,8 +354,8 @@ class ConsumingActor(EdgeActor):
         rewind = self.assigned.is_set()
         self.assigned.clear()
         self.progress_at, self.behind_since = time.monotonic(), None
-        if self.inflight is not None:
-            self._settle()  # durable already or soon: finish it; its commit may fail, then it replays
+        while self.inflight:  # durable already or soon: finish; a commit may fail, then it replays
+            self._settle()
         if self.pending:
             _log.info("batch_dropped_on_rebalance", actor=self.name, records=len(self.pending),
                       detail="uncommitted: read again from the committed offsets")
@@ -372,7 +385,7 @@ class ConsumingActor(EdgeActor):
         and it took none of them. Checked every lag tick, asking the broker only once the
         consumer has been idle for a while: an idle, caught-up consumer costs one ListOffsets
         every few seconds."""
-        if (self.retry_at is not None or self.inflight is not None or self.pending
+        if (self.retry_at is not None or self.inflight or self.pending
                 or now - self.progress_at < min(10.0, self.stall_s)):
             self.behind_since = None
             return

@@ -14,6 +14,13 @@ On plain PostgreSQL the hourly rollup is updated in the same transaction from ex
 rows inserted: all of staging on the first way, the ``RETURNING`` rows on the second, so
 it stays exact under replays; on TimescaleDB the continuous aggregate does that work.
 Events, gap records and device state are written in the same transaction.
+
+Several writers (the sink's ``writers``, or several sink processes) may write at once.
+Their upserts (rollup, device state, events) lock rows in key order, so two transactions
+touching the same rows wait for each other instead of deadlocking; a deadlock that still
+happens (two replays of the same rows in different orders) is an ``OperationalError``,
+which the sink retries. A day's partition created by two writers at the same moment is
+created once.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ _INSERT_NEW = f"{_INSERT_ALL} ON CONFLICT DO NOTHING"
 def _rollup(rows: str) -> str:
     return f"""INSERT INTO iot_measurements_hourly AS h (bucket, {KEY}, n, sum, min, max)
     SELECT date_trunc('hour', time, 'UTC'), {KEY}, count(*), sum(value), min(value), max(value)
-    FROM {rows} GROUP BY 1, 2, 3, 4, 5
+    FROM {rows} GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 3, 4, 5, 1
     ON CONFLICT ({KEY}, bucket) DO UPDATE SET n = h.n + EXCLUDED.n, sum = h.sum + EXCLUDED.sum,
         min = least(h.min, EXCLUDED.min), max = greatest(h.max, EXCLUDED.max)"""
 
@@ -144,7 +151,14 @@ class SinkDb:
     def _partitions(self, conn: psycopg.Connection, rows: Iterable[Row]) -> None:
         days = {r[0].date() for r in rows} - self.partitions
         for day in sorted(days):
-            conn.execute("SELECT edge_ensure_partition(%s)", (day,))
+            try:
+                conn.execute("SELECT edge_ensure_partition(%s)", (day,))
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                # Another writer created it at the same moment: CREATE TABLE IF NOT EXISTS
+                # is not safe against a concurrent creation of the same table.
+                if conn.execute("SELECT to_regclass(%s)",
+                                (f"iot_measurements_{day:%Y%m%d}",)).fetchone()[0] is None:
+                    raise
             self.partitions.add(day)
 
     @staticmethod
@@ -153,9 +167,10 @@ class SinkDb:
             cur.executemany(
                 "INSERT INTO device_events (event_key, time, device_id, type, gateway_id, body) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(e["key"], e["time"], e["device_id"], e["type"], e.get("gateway"),
-                  json.dumps(e, ensure_ascii=False)) for e in events])
-            gaps = [e for e in events if e["type"] == "gap"]
+                sorted([(e["key"], e["time"], e["device_id"], e["type"], e.get("gateway"),
+                         json.dumps(e, ensure_ascii=False)) for e in events],
+                       key=lambda row: row[0]))  # key order: see above
+            gaps = sorted((e for e in events if e["type"] == "gap"), key=lambda e: e["key"])
             if gaps:
                 cur.executemany(
                     "INSERT INTO sequence_gaps (gateway_id, boot_epoch, first_seq, last_seq, count, "
@@ -202,4 +217,4 @@ class SinkDb:
                 s["status"], s["status_at"] = e.get("status"), datetime.fromisoformat(e["time"])
         if state:
             with conn.cursor() as cur:
-                cur.executemany(_STATE, list(state.values()))
+                cur.executemany(_STATE, [state[device] for device in sorted(state)])  # key order
