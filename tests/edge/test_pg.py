@@ -173,6 +173,40 @@ def test_two_writers_on_the_same_devices_neither_deadlock_nor_miscount(db):
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1200,)
 
 
+def test_a_partition_another_writer_creates_at_the_same_moment_is_created_once(db):
+    """The other writer's CREATE TABLE is not committed yet when this one looks: this one's
+    CREATE TABLE IF NOT EXISTS then fails on the catalog once the other commits."""
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    day = datetime(2023, 7, 1, tzinfo=UTC)
+    row = (day, "dev", "", None, 0, "v", 1.0, "V", "t", "gw/1/1")
+    sink = SinkDb(db)
+    sink.connect()
+    other = pg.connect(db)
+    try:
+        other.execute("SELECT edge_ensure_partition(%s)", (day.date(),))  # uncommitted
+        done: list[BaseException | None] = []
+
+        def create() -> None:
+            try:
+                sink._partitions(sink.conn, [row])
+                done.append(None)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                done.append(exc)
+
+        creator = threading.Thread(target=create)
+        creator.start()
+        creator.join(1.0)
+        assert creator.is_alive()  # waiting for the other writer's catalog rows
+        other.commit()
+        creator.join(10)
+        assert done == [None]
+        assert sink.write([row], []) == 1
+    finally:
+        other.close()
+        sink.close()
+
+
 def test_cli_migrate_and_registry_load_report_what_they_did(db, tmp_path):
     toml = tmp_path / "server.toml"
     toml.write_text(f'[postgres]\nhost = "{db.host}"\nport = {db.port}\ndbname = "{db.dbname}"\nuser = "{db.user}"\n')
