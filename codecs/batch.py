@@ -72,8 +72,8 @@ def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
         env = result.envelope
         records = result.records
         entries = []
-        statuses: list[tuple[str, str]] | tuple[()] = ()
-        acks: list[tuple[str, str]] | tuple[()] = ()
+        statuses = []
+        acks = []
         for record in records:
             kind = type(record)
             if kind is Measurement:  # the bulk: priority_of() inline
@@ -81,9 +81,9 @@ def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
             else:
                 priority = priority_of(record)
                 if kind is Status:
-                    statuses = [*statuses, (record.device_id, record.status)]
+                    statuses.append((record.device_id, record.status))
                 elif kind is CommandAck:
-                    acks = [*acks, (record.cmd_id, record.result)]
+                    acks.append((record.cmd_id, record.result))
             entries.append((priority, pack(to_wire(record, times))))
         out.append(Outcome(
             result.codec, tuple(entries),

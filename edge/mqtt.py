@@ -95,7 +95,7 @@ class _ReadBuffer:
 
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buf) - self._pos + inner
+        return self.buffered() + inner
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -180,6 +180,23 @@ def test_the_buffered_client_receives_every_message_intact_from_a_real_broker(si
     assert got == payloads
 
 
+def _session(port: int, client_id: str, topic: str, on_message, receive_maximum: int,
+             before_start=None) -> Client:
+    """A persistent session with manual acks, subscribed to ``topic`` at QoS 1."""
+    client = make_client(MqttConfig(port=port), client_id, manual_ack=True)
+    if before_start is not None:
+        before_start(client)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port, clean_start=False,
+                   properties=connect_properties(300, receive_maximum=receive_maximum))
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    assert subscribed.wait(10)
+    return client
+
+
 def test_packets_already_read_are_handled_without_a_pass_of_paho_loop_each(site_mqtt, unique):
     """2,000 queued messages arrive in a few large reads: stock paho goes once around its
     loop (a select() and loop_misc) per packet, edge's Client once per read. Every message
@@ -188,17 +205,8 @@ def test_packets_already_read_are_handled_without_a_pass_of_paho_loop_each(site_
     got: list[int] = []
     passes = 0
 
-    def connect(on_message) -> Client:
-        client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
-        subscribed = threading.Event()
-        client.on_subscribe = lambda *args: subscribed.set()
-        client.on_message = on_message
-        client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
-                       properties=connect_properties(300, receive_maximum=n))
-        client.loop_start()
-        client.subscribe(topic, qos=1)
-        assert subscribed.wait(10)
-        return client
+    def connect(on_message, before_start=None) -> Client:
+        return _session(site_mqtt.port, client_id, topic, on_message, n, before_start)
 
     client = connect(lambda c, u, m: None)  # the session exists; messages queue while away
     client.disconnect()
@@ -217,19 +225,17 @@ def test_packets_already_read_are_handled_without_a_pass_of_paho_loop_each(site_
         got.append(int(m.payload))
         ack_many(c, [m.mid])
 
-    client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
-    misc = client.loop_misc
+    def count_passes(client: Client) -> None:
+        misc = client.loop_misc
 
-    def counting_misc():  # paho's _loop ends every pass with loop_misc()
-        nonlocal passes
-        passes += 1
-        return misc()
+        def counting_misc():  # paho's _loop ends every pass with loop_misc()
+            nonlocal passes
+            passes += 1
+            return misc()
 
-    client.loop_misc = counting_misc  # type: ignore[method-assign]
-    client.on_message = on_message
-    client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
-                   properties=connect_properties(300, receive_maximum=n))
-    client.loop_start()
+        client.loop_misc = counting_misc  # type: ignore[method-assign]
+
+    client = connect(on_message, count_passes)
     try:
         wait_until(lambda: len(got) >= n, 20, "the queued messages")
         received_in = passes
@@ -291,16 +297,7 @@ def test_acks_sent_together_are_acks_for_the_broker_and_the_rest_comes_again(sit
     topic, client_id = f"test/{unique}/acks", f"{unique}-acker"
 
     def session(on_message) -> Client:
-        client = make_client(MqttConfig(port=site_mqtt.port), client_id, manual_ack=True)
-        subscribed = threading.Event()
-        client.on_subscribe = lambda *args: subscribed.set()
-        client.on_message = on_message
-        client.connect("127.0.0.1", site_mqtt.port, clean_start=False,
-                       properties=connect_properties(300, receive_maximum=1000))
-        client.loop_start()
-        client.subscribe(topic, qos=1)
-        assert subscribed.wait(10)
-        return client
+        return _session(site_mqtt.port, client_id, topic, on_message, 1000)
 
     first: list[tuple[int, int]] = []
     client = session(lambda c, u, m: first.append((m.mid, int(m.payload))))
