@@ -46,6 +46,7 @@ QUARANTINED = Counter("edge_decoder_messages_quarantined", "Messages kept raw wi
 DUPLICATES = Counter("edge_decoder_duplicates", "v2 messages dropped as duplicates (seq)")
 GAPS = Counter("edge_decoder_sequence_gaps", "v2 messages missing between sequence numbers")
 REBOOTS = Counter("edge_decoder_device_reboots", "v2 devices seen restarting their sequence")
+JUMPS = Counter("edge_decoder_sequence_jumps", "v2 sequences that jumped ahead beyond any plausible loss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,12 @@ class Incoming:
 
 class Decoder(EdgeActor):
     def __init__(self, ctx: ActorContext, registry_text: str, buffer: str = "buffer",
-                 processes: int = 0) -> None:
+                 processes: int = 0, window: tuple[float, float] = (0.0, 0.0)) -> None:
+        """``window``: (max age, max ahead) of a record's time around its message's receive
+        time, in seconds; 0 leaves that side open."""
         super().__init__(ctx)
-        self.registry_text, self.processes = registry_text, processes
-        self.dispatcher = Dispatcher(registry_mod.loads(registry_text))
+        self.registry_text, self.processes, self.window = registry_text, processes, window
+        self.dispatcher = Dispatcher.with_window(registry_mod.loads(registry_text), *window)
         self.pool: DecodePool | None = None
         self.tracker = SequenceTracker()
         self.buffer = buffer
@@ -74,7 +77,7 @@ class Decoder(EdgeActor):
 
     def on_start(self) -> None:
         if self.processes:
-            self.pool = DecodePool(self.registry_text, self.processes)
+            self.pool = DecodePool(self.registry_text, self.processes, self.window)
         self._reload()
 
     def close(self) -> None:
@@ -132,6 +135,10 @@ class Decoder(EdgeActor):
                     GAPS.inc(verdict.gap)
                 if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
+                elif verdict.verdict is Verdict.JUMP:
+                    JUMPS.inc()
+                    _log.warning("sequence_jump", device=seq[0], seq=seq[1],
+                                 detail="ahead of the last seen by more than any plausible loss")
                 seq_state[seq[0]] = last(seq[0])  # type: ignore[assignment]
             decoded[codec] = decoded.get(codec, 0) + 1
             entries.extend(out_entries)  # (priority, body) pairs: what an Entry is

@@ -13,10 +13,14 @@ their rows in key order, so two transactions wait for each other but never deadl
 
 - The database away (connection refused, shut down, failover): the batch is kept, the
   partitions paused, the write retried with backoff; nothing is committed meanwhile.
-- A record the database refuses (bad data: a NUL in a label, a value out of range) is
-  tried alone up to ``max_attempts`` times and then goes to ``<topic>.dlq`` with the
-  SQLSTATE and message; the rest of its batch is stored. A record that is not what the
-  topic carries (not a measurements envelope) goes there at once.
+- Every row is checked before it is written (``edge.codecs.stream``: the gateway's record
+  checks): a row the database could not take (a NUL in a label, a pin beyond ``integer``)
+  goes to ``<topic>.dlq`` on its own, as a one-row envelope, and the rows of the same Kafka
+  record are stored. A record that is not what the topic carries (not a measurements
+  envelope, an event without its fields) goes there at once.
+- A batch the database still refuses is written record by record; a record refused
+  ``max_attempts`` times is split down to its rows, and only the rows refused alone go to
+  the DLQ, with the SQLSTATE and message.
 """
 
 from __future__ import annotations
@@ -79,10 +83,14 @@ class TimescaleSink(ConsumingActor):
             try:
                 if rec.topic == self.kafka.events_topic:
                     parsed.append((rec, [], [stream.read_event(rec.value)]))
-                else:
-                    parsed.append((rec, stream.read_measurements(rec.value), []))
+                    continue
+                rows, bad = stream.read_measurements(rec.value)
             except CodecError as exc:
                 dead.append(self.dead_letter(rec, exc.reason, exc.message, exc.field))
+                continue
+            parsed.append((rec, rows, []))
+            dead += [self.dead_letter(rec, exc.reason, exc.message, exc.field, value=value)
+                     for value, exc in bad]
         return parsed, dead
 
     def process(self, prepared: _Prepared) -> None:
@@ -127,10 +135,29 @@ class TimescaleSink(ConsumingActor):
                     raise
                 except psycopg.Error as exc:
                     error = exc
-            if error is not None:
+            if error is None:
+                continue
+            if len(rows) <= 1 or events:
                 dead.append(self.dead_letter(rec, f"db_{error.sqlstate or 'error'}", _describe(error), None,
-                                       attempts=self.cfg.max_attempts))
+                                             attempts=self.cfg.max_attempts))
+                continue
+            for row, exc in self._refused_rows(rows):
+                dead.append(self.dead_letter(rec, f"db_{exc.sqlstate or 'error'}", _describe(exc), "row",
+                                             value=stream.envelope([row]), source=row[9]))
         return dead
+
+    def _refused_rows(self, rows: list[stream.Row]) -> list[tuple[stream.Row, psycopg.Error]]:
+        """Write ``rows`` in halves until each refused row stands alone; return those."""
+        try:
+            self._write(rows, [])
+            return []
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            if len(rows) == 1:
+                return [(rows[0], exc)]
+        half = len(rows) // 2
+        return self._refused_rows(rows[:half]) + self._refused_rows(rows[half:])
 
 
 def _describe(exc: psycopg.Error) -> str:

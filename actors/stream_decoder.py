@@ -61,13 +61,16 @@ class StreamDecoder(ConsumingActor):
                 version = registry_db.version(conn)
                 if version != self.version:
                     version, registry = registry_db.read(conn)
-                    self.dispatcher, self.version = Dispatcher(registry), version
+                    self.dispatcher = Dispatcher.with_window(registry, self.cfg.max_age_s,
+                                                             self.cfg.max_ahead_s)
+                    self.version = version
                     REGISTRY_VERSION.set(version)
                     _log.info("registry_loaded", version=version, templates=len(registry.templates),
                               controllers=len(registry.controllers))
         except psycopg.errors.UndefinedTable:
             _log.warning("registry_missing", detail="no registry tables: run `edge server migrate`")
-            self.dispatcher = self.dispatcher or Dispatcher(Registry())
+            self.dispatcher = self.dispatcher or Dispatcher.with_window(
+                Registry(), self.cfg.max_age_s, self.cfg.max_ahead_s)
         except psycopg.OperationalError:
             if self.dispatcher is None:
                 raise  # nothing cached yet: retry the batch with backoff

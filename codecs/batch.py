@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
+from edge.codecs.limits import MAX_DETAIL, bounded_payload, safe_text
 from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
 from edge.codecs.uplink import to_wire
 
@@ -51,10 +52,23 @@ def priority_of(record: Any) -> int:
 
 def quarantine(pack: Callable[[Any], bytes], topic: str, payload: bytes, received_at: datetime,
                errors: Sequence[CodecError]) -> Quarantine:
+    """The raw message kept with its reasons. What a sender controls is made storable
+    here: an oversized payload is kept as a bounded prefix with its digest, text with
+    surrogates or NUL is escaped; the record always packs."""
     first = errors[0]
-    detail = "; ".join(e.describe() for e in errors)[:2000]
-    record = Quarantined(received_at, topic, payload, first.reason, detail, first.field, first.offset)
+    kept, note = bounded_payload(payload)
+    described = "; ".join(e.describe() for e in errors)
+    detail = safe_text(f"{note}; {described}" if note else described, MAX_DETAIL)
+    field = safe_text(first.field, 200) if first.field is not None else None
+    record = Quarantined(received_at, safe_text(topic, 65_535), kept, first.reason, detail, field,
+                         first.offset)
     return Quarantine(first.reason, detail, (PRIORITY_TELEMETRY, pack(to_wire(record))))
+
+
+def failed(exc: BaseException) -> CodecError:
+    """An error no codec anticipated, as a ``CodecError``: the message is quarantined with
+    it instead of stopping the decoder (and every message behind it)."""
+    return CodecError(f"decoder failed: {type(exc).__name__}: {exc}"[:500], reason="decoder_error")
 
 
 def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
@@ -64,30 +78,37 @@ def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
     for _, topic, payload, received in messages:
         received_at = datetime.fromtimestamp(received, UTC)
         try:
-            result = dispatcher.decode(topic, payload, received_at)
+            out.append(_outcome(dispatcher, pack, topic, payload, received_at, times))
         except CodecError as exc:
             out.append(Outcome(None, (), quarantine(pack, topic, payload, received_at, [exc]), None, (),
                                None, (), 0))
-            continue
-        env = result.envelope
-        records = result.records
-        entries = []
-        statuses = []
-        acks = []
-        for record in records:
-            kind = type(record)
-            if kind is Measurement:  # the bulk: priority_of() inline
-                priority = PRIORITY_HIGH if record.connector_mode == "alarm-mode" else PRIORITY_TELEMETRY
-            else:
-                priority = priority_of(record)
-                if kind is Status:
-                    statuses.append((record.device_id, record.status))
-                elif kind is CommandAck:
-                    acks.append((record.cmd_id, record.result))
-            entries.append((priority, pack(to_wire(record, times))))
-        out.append(Outcome(
-            result.codec, tuple(entries),
-            quarantine(pack, topic, payload, received_at, result.errors) if result.errors else None,
-            (env.device_id, env.seq, env.ts_text) if env is not None and env.seq is not None else None,
-            tuple(statuses), records[0].device_id if records else None, tuple(acks), len(records)))
+        except Exception as exc:  # noqa: BLE001 - a codec bug must not stop the gateway
+            out.append(Outcome(None, (), quarantine(pack, topic, payload, received_at, [failed(exc)]),
+                               None, (), None, (), 0))
     return out
+
+
+def _outcome(dispatcher: Dispatcher, pack: Callable[[Any], bytes], topic: str, payload: bytes,
+             received_at: datetime, times: dict[datetime, int]) -> Outcome:
+    result = dispatcher.decode(topic, payload, received_at)
+    env = result.envelope
+    records = result.records
+    entries = []
+    statuses = []
+    acks = []
+    for record in records:
+        kind = type(record)
+        if kind is Measurement:  # the bulk: priority_of() inline
+            priority = PRIORITY_HIGH if record.connector_mode == "alarm-mode" else PRIORITY_TELEMETRY
+        else:
+            priority = priority_of(record)
+            if kind is Status:
+                statuses.append((record.device_id, record.status))
+            elif kind is CommandAck:
+                acks.append((record.cmd_id, record.result))
+        entries.append((priority, pack(to_wire(record, times))))
+    return Outcome(
+        result.codec, tuple(entries),
+        quarantine(pack, topic, payload, received_at, result.errors) if result.errors else None,
+        (env.device_id, env.seq, env.ts_text) if env is not None and env.seq is not None else None,
+        tuple(statuses), records[0].device_id if records else None, tuple(acks), len(records))

@@ -80,4 +80,8 @@ class RegistryError(CodecError):
 
 
 class UplinkFrameError(CodecError):
+    """``frame``: (gateway id, boot epoch, first seq, count) when the frame's CRC held, so
+    its header can be trusted and the sender told that this frame is refused for good."""
+
     reason = "bad_uplink_frame"
+    frame: tuple[str, int, int, int] | None = None

@@ -15,7 +15,6 @@ or ``J1``..``J4``; MAC case-insensitive, stored lower case; device id ``f2-<mac>
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from edge.codecs.errors import CodecError, PayloadError, RegistryError, TopicError, ValueError_
+from edge.codecs.limits import as_float
 from edge.codecs.records import CardRead, Event, Measurement
 from edge.codecs.registry import Registry
 from edge.codecs.template import CompiledTemplate
@@ -181,11 +181,9 @@ Converter = Callable[[Any], float]
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}"[:120])
-    number = float(value)
-    if not math.isfinite(number):
-        raise TypeError(f"expected a finite number, got {value!r}")
+    number = as_float(value)
+    if number is None:
+        raise TypeError(f"expected a finite number, got {value!r}"[:120])
     return number
 
 
@@ -282,13 +280,13 @@ def _reader(t: F2Topic, doc: Mapping[str, Any], time: datetime) -> Decoded:
         return [], [PayloadError("reader message has no card_id string", reason="missing_field",
                                  field="card_id", topic=t.topic)]
     strength = doc.get("signal_strength")
-    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int | float)):
-        return [], [ValueError_(f"signal_strength must be a number, got {strength!r}",
+    number = as_float(strength)
+    if strength is not None and number is None:
+        return [], [ValueError_(f"signal_strength must be a finite number, got {strength!r}"[:200],
                                 field="signal_strength", topic=t.topic)]
     read_type = doc.get("read_type")
     event = CardRead(time, t.device_id, t.topic, t.mode, t.connector, t.position, card,
-                     read_type if isinstance(read_type, str) else None,
-                     float(strength) if strength is not None else None)
+                     read_type if isinstance(read_type, str) else None, number)
     return [event], []
 
 

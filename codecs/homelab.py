@@ -16,6 +16,7 @@ from typing import Any
 
 from edge.codecs.errors import CodecError, PayloadError, TopicError, ValueError_
 from edge.codecs.f2 import parse_json, parse_time
+from edge.codecs.limits import as_float
 from edge.codecs.records import Event, Measurement
 
 _VALUE_WITH_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\d\s].*?)?\s*$")
@@ -40,9 +41,10 @@ def number_with_unit(value: Any) -> tuple[float, str | None]:
     if isinstance(value, bool):
         raise TypeError(f"expected a number, got {value!r}")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise TypeError(f"expected a finite number, got {value!r}")
-        return float(value), None
+        number = as_float(value)
+        if number is None:
+            raise TypeError(f"expected a finite number, got {value!r}"[:120])
+        return number, None
     if isinstance(value, str) and len(value) <= 64:
         match = _VALUE_WITH_UNIT.match(value)
         if match and math.isfinite(number := float(match.group(1))):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.codecs.errors import RegistryError
+from edge.codecs.limits import MAX_PAYLOAD, TEXT_BYTES, text_problem
 
 ENCODINGS = {  # name -> (struct code, size); Bits reads an unsigned field of `length` bytes
     "Int8": ("b", 1), "Uint8": ("B", 1), "Int16": ("h", 2), "Uint16": ("H", 2),
@@ -176,15 +177,44 @@ class _Loader:
             if key not in keys:
                 self.fail(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(keys))})")
 
+    def tables(self, doc: Mapping[str, Any], key: str, path: str) -> list[tuple[str, Mapping[str, Any]]]:
+        """The tables of an array of tables (``[[key]]``), each with its path; anything
+        else there is a problem, never an exception."""
+        items = doc.get(key, [])
+        here = f"{path}.{key}" if path else key
+        if not isinstance(items, list):
+            self.fail(here, f"expected an array of tables ([[{key}]]), got {type(items).__name__}")
+            return []
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                out.append((f"{here}[{i}]", item))
+            else:
+                self.fail(f"{here}[{i}]", f"expected a table, got {type(item).__name__}")
+        return out
+
+    def int_in(self, table: Mapping[str, Any], key: str, path: str, low: int, high: int,
+               default: Any = ...) -> int:
+        value = self.get(table, key, int, path, default)
+        if value is None:
+            return low
+        if not low <= value <= high:
+            self.fail(f"{path}.{key}", f"must be {low} to {high}, got {value}")
+            return low
+        return value
+
+    def text(self, value: str, path: str, field: str) -> str:
+        problem = text_problem(value, TEXT_BYTES.get(field, 256))
+        if problem is not None:
+            self.fail(path, f"{field} {problem}")
+        return value
+
     def registry(self, doc: Mapping[str, Any]) -> Registry:
         self.known(doc, {"device_types", "templates", "controllers", "topics"}, "registry")
-        types = tuple(self.device_type(t, f"device_types[{i}]")
-                      for i, t in enumerate(doc.get("device_types", [])))
-        templates = tuple(self.template(t, f"templates[{i}]")
-                          for i, t in enumerate(doc.get("templates", [])))
-        controllers = tuple(self.controller(c, f"controllers[{i}]")
-                            for i, c in enumerate(doc.get("controllers", [])))
-        topics = tuple(self.topic(t, f"topics[{i}]") for i, t in enumerate(doc.get("topics", [])))
+        types = tuple(self.device_type(t, p) for p, t in self.tables(doc, "device_types", ""))
+        templates = tuple(self.template(t, p) for p, t in self.tables(doc, "templates", ""))
+        controllers = tuple(self.controller(c, p) for p, c in self.tables(doc, "controllers", ""))
+        topics = tuple(self.topic(t, p) for p, t in self.tables(doc, "topics", ""))
         type_names = {t.name for t in types}
         template_names = {t.name for t in templates}
         for t in templates:
@@ -214,8 +244,7 @@ class _Loader:
         payload = self.get(t, "payload", str, path, "hex")
         if payload not in PAYLOADS:
             self.fail(f"{path}.payload", f"must be one of {', '.join(PAYLOADS)}, got {payload!r}")
-        points = tuple(self.data_point(dp, f"{path}.data_points[{i}]", framing)
-                       for i, dp in enumerate(t.get("data_points", [])))
+        points = tuple(self.data_point(dp, p, framing) for p, dp in self.tables(t, "data_points", path))
         labels = [p.label for p in points]
         for label in {x for x in labels if labels.count(x) > 1}:
             self.fail(f"{path}.data_points", f"label {label!r} is used twice")
@@ -223,22 +252,26 @@ class _Loader:
             self.fail(f"{path}.data_points", "a template needs at least one data point")
         return DeviceTemplate(
             name, self.get(t, "device_type", str, path, "Sensor"), points, framing, payload,
-            self.get(t, "modbus_address", int, path, 1), self.get(t, "modbus_function", int, path, 3),
+            self.int_in(t, "modbus_address", path, 0, 255, 1),
+            self.int_in(t, "modbus_function", path, 0, 255, 3),
         )
 
     def data_point(self, dp: Mapping[str, Any], path: str, framing: str) -> DataPoint:
         self.known(dp, {"label", "encoding", "offset", "length", "decimals", "prepend", "append",
                         "whole_number", "data_format", "byte_order", "bit_offset", "bit_length",
                         "enum", "icon"}, path)
-        label = self.get(dp, "label", str, path) or "?"
+        label = self.text(self.get(dp, "label", str, path) or "?", f"{path}.label", "label")
         encoding = self.get(dp, "encoding", str, path) or "Uint8"
-        offset = self.get(dp, "offset", int, path) or 0
-        length = self.get(dp, "length", int, path) or 0
+        # A frame comes from one payload: nothing past MAX_PAYLOAD can ever be read.
+        offset = self.int_in(dp, "offset", path, 0, MAX_PAYLOAD)
+        length = self.int_in(dp, "length", path, 0, 8)
         decimals = self.get(dp, "decimals", int, path, 0)
         byte_order = self.get(dp, "byte_order", str, path, "big")
         bit_offset = self.get(dp, "bit_offset", int, path, 0)
         bit_length = self.get(dp, "bit_length", int, path, 0)
         enum_raw = self.get(dp, "enum", dict, path, {})
+        for key in ("prepend", "append"):
+            self.text(self.get(dp, key, str, path, ""), f"{path}.{key}", "unit")
         if encoding not in ENCODINGS:
             self.fail(f"{path}.encoding", f"must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
         else:
@@ -251,8 +284,6 @@ class _Loader:
                 if bit_length < 1 or bit_offset < 0 or bit_offset + bit_length > 8 * length:
                     self.fail(f"{path}.bit_length", f"bits {bit_offset}+{bit_length} do not fit in "
                               f"{length} byte(s)")
-        if offset < 0:
-            self.fail(f"{path}.offset", f"must be 0 or more, got {offset}")
         if framing == "modbus-rtu" and offset < MODBUS_HEADER:
             self.fail(f"{path}.offset", f"offset {offset} is inside the Modbus header (bytes 0-2)")
         if not 0 <= decimals <= 9:
@@ -282,17 +313,15 @@ class _Loader:
             self.fail(f"{path}.mac", f"must be 12 hex digits without separators, got {mac!r}")
         path = f"controllers[{mac}]"
         connectors = []
-        for i, conn in enumerate(c.get("connectors", [])):
-            cpath = f"{path}.connectors[{i}]"
+        for cpath, conn in self.tables(c, "connectors", path):
             self.known(conn, {"number", "type", "pins"}, cpath)
             number = self.get(conn, "number", int, cpath) or 0
             if not 1 <= number <= 4:
                 self.fail(f"{cpath}.number", f"must be 1 to 4, got {number}")
             pins = []
-            for j, p in enumerate(conn.get("pins", [])):
-                ppath = f"{cpath}.pins[{j}]"
+            for ppath, p in self.tables(conn, "pins", cpath):
                 self.known(p, {"position", "device", "template", "serial"}, ppath)
-                pins.append(Pin(self.get(p, "position", int, ppath) or 0,
+                pins.append(Pin(self.int_in(p, "position", ppath, 0, 65_535),
                                 self.get(p, "device", str, ppath) or "?",
                                 self.get(p, "template", str, ppath) or "?",
                                 self.get(p, "serial", str, ppath, "")))
@@ -308,4 +337,9 @@ class _Loader:
         codec = self.get(t, "codec", str, path) or "?"
         if codec not in CODECS:
             self.fail(f"{path}.codec", f"must be one of {', '.join(CODECS)}, got {codec!r}")
-        return TopicMapping(self.get(t, "filter", str, path) or "#", codec)
+        filt = self.get(t, "filter", str, path) or "#"
+        levels = filt.split("/")
+        if any(("#" in x and (x != "#" or i != len(levels) - 1)) or ("+" in x and x != "+")
+               for i, x in enumerate(levels)) or text_problem(filt, 512):
+            self.fail(f"{path}.filter", f"{filt!r} is not an MQTT topic filter")
+        return TopicMapping(filt, codec)

@@ -2,8 +2,9 @@
 
 Topics (names configurable in ``[kafka]``):
 
-- ``decoded_iot_data``: measurements. One Kafka message per device and source batch,
-  key = device id (so a device's records stay in order on one partition), value =
+- ``decoded_iot_data``: measurements. One Kafka message per device and source batch
+  (split in parts of at most ``MAX_MESSAGE`` bytes, below Kafka's message size), key =
+  device id (so a device's records stay in order on one partition), value =
   msgpack ``{"v": 1, "src": <source prefix>, "r": [[n, time_us, device_id,
   connector_mode, connector, pin_position, label, value, unit, topic], ...]}``. A
   record's source identity is ``<src>/<n>``: ``gw-1/17/4711`` (gateway, boot epoch,
@@ -22,19 +23,25 @@ Topics (names configurable in ``[kafka]``):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from edge.codecs.errors import CodecError
+from edge.codecs.limits import INT8, KEEP_PAYLOAD, MAX_DETAIL, check_measurement, safe_text, text_problem
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
 
 VERSION = 1
+# Bytes of one produced message at most: half of Kafka's default message.max.bytes (1 MiB),
+# which is also what the server creates its topics with (edge.kafka_io.ensure_topics).
+MAX_MESSAGE = 512 * 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Headers = list[tuple[str, bytes]]
 
@@ -69,8 +76,10 @@ def _us(t: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: str) -> list[Message]:
-    """Group ``(n, measurement)`` by device: one message per device."""
+def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: str,
+                 max_bytes: int = MAX_MESSAGE) -> list[Message]:
+    """Group ``(n, measurement)`` by device: one message per device, split in parts when
+    it would exceed ``max_bytes``."""
     by_device: dict[str, list[list[Any]]] = {}
     times: dict[datetime, int] = {}
     for n, m in numbered:
@@ -80,19 +89,38 @@ def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: s
         by_device.setdefault(m.device_id, []).append(
             [n, us, m.device_id, m.connector_mode, m.connector, m.pin_position, m.label, m.value,
              m.unit, m.topic])
-    return [Message(topic, device.encode(), msgpack.packb({"v": VERSION, "src": src, "r": rows}), [])
-            for device, rows in by_device.items()]
+    return [Message(topic, device.encode(), value, [])
+            for device, rows in by_device.items() for value in _envelopes(src, rows, max_bytes)]
+
+
+def _envelopes(src: str, rows: list[list[Any]], max_bytes: int) -> list[bytes]:
+    value = msgpack.packb({"v": VERSION, "src": src, "r": rows})
+    if len(value) <= max_bytes or len(rows) == 1:
+        return [value]
+    half = len(rows) // 2
+    return _envelopes(src, rows[:half], max_bytes) + _envelopes(src, rows[half:], max_bytes)
 
 
 Row = tuple[datetime, str, str, int | None, int, str, float, str | None, str | None, str]
 
 
-def read_measurements(value: bytes) -> list[Row]:
+class Parsed(NamedTuple):
+    """One ``decoded_iot_data`` message: its good rows, and each bad row on its own
+    (a one-row envelope to dead-letter, and why it is bad)."""
+
+    rows: list[Row]
+    bad: list[tuple[bytes, StreamError]]
+
+
+def read_measurements(value: bytes) -> Parsed:
     """The rows of one ``decoded_iot_data`` message, in ``iot_measurements`` column order:
     time, device_id, connector_mode ('' for none), connector, pin_position (0 for none),
-    label, value, unit, topic, source."""
+    label, value, unit, topic, source. Every row is checked as the gateway's codecs check
+    a record (``edge.codecs.limits``): a row the database could not take comes back in
+    ``bad``, and the rows beside it are kept. A value that is no envelope at all raises."""
     try:
-        doc = msgpack.unpackb(value)
+        # Text that is not UTF-8 comes through escaped, so the row check finds it in its row.
+        doc = msgpack.unpackb(value, unicode_errors="surrogateescape")
     except (ValueError, msgpack.UnpackException) as exc:
         raise StreamError(f"not msgpack: {exc}", reason="bad_envelope") from None
     if not isinstance(doc, dict) or doc.get("v") != VERSION:
@@ -103,6 +131,7 @@ def read_measurements(value: bytes) -> list[Row]:
     # The sink's hot path (about 0.7 µs a row): the records of one device message mostly
     # share their timestamps, so each distinct time becomes a datetime once.
     out: list[Row] = []
+    bad: list[tuple[bytes, StreamError]] = []
     append, times, prefix = out.append, {}, src + "/"
     for i, r in enumerate(rows):
         try:
@@ -110,11 +139,31 @@ def read_measurements(value: bytes) -> list[Row]:
             t = times.get(us)
             if t is None:
                 t = times[us] = _EPOCH + timedelta(0, 0, us)
+            check_measurement((t, device, mode, connector, pin, label, val, unit, topic))
+            if type(n) is not int:
+                raise StreamError(f"record number {n!r} is not an integer", reason="bad_type", field="n")
             append((t, device, mode or "", connector, pin or 0, label, float(val), unit, topic,
                     prefix + str(n)))
+        except CodecError as exc:
+            bad.append((_one(src, r), StreamError(f"record {i}: {exc.message}", reason=exc.reason,
+                                                  field=f"r[{i}].{exc.field}")))
         except (TypeError, ValueError, OverflowError) as exc:
-            raise StreamError(f"record {i}: {exc}", reason="bad_record", field=f"r[{i}]") from None
-    return out
+            bad.append((_one(src, r), StreamError(f"record {i}: {exc}"[:500], reason="bad_record",
+                                                  field=f"r[{i}]")))
+    return Parsed(out, bad)
+
+
+def _one(src: str, row: Any) -> bytes:
+    return msgpack.packb({"v": VERSION, "src": src, "r": [row]}, unicode_errors="surrogateescape")
+
+
+def envelope(rows: Sequence[Row]) -> bytes:
+    """Rows (as ``read_measurements`` returns them) back into a measurements envelope;
+    for dead letters of rows the database refused."""
+    src = rows[0][9].rpartition("/")[0] if rows else ""
+    return msgpack.packb({"v": VERSION, "src": src, "r": [
+        [int(r[9].rpartition("/")[2]) if r[9].rpartition("/")[2].isdigit() else r[9], _us(r[0]),
+         r[1], r[2] or None, r[3], r[4], r[5], r[6], r[7], r[8]] for r in rows]})
 
 
 def event(record: Event | Gap, key: str, gateway: str | None, topic: str) -> Message:
@@ -125,23 +174,83 @@ def event(record: Event | Gap, key: str, gateway: str | None, topic: str) -> Mes
 
 
 def read_event(value: bytes) -> dict[str, Any]:
+    """One ``device_events`` message, checked for what the sink writes from it: its key,
+    type, device and an ISO 8601 time with offset; text without NUL or lone surrogates
+    (``jsonb`` takes neither); integers within ``bigint``; a gap's sequences."""
     try:
         doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StreamError(f"not JSON: {exc}", reason="bad_event") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise StreamError(f"not JSON: {exc}"[:500], reason="bad_event") from None
     if not isinstance(doc, dict):
         raise StreamError("an event is a JSON object", reason="bad_event")
     for key in ("key", "type", "time", "device_id"):
         if not isinstance(doc.get(key), str):
             raise StreamError(f"event without {key}", reason="bad_event", field=key)
+    try:
+        t = datetime.fromisoformat(doc["time"])
+    except ValueError:
+        raise StreamError(f"time {doc['time'][:40]!r} is not ISO 8601", reason="bad_event",
+                          field="time") from None
+    if t.tzinfo is None:
+        raise StreamError("time has no offset", reason="bad_event", field="time")
+    _check_json(doc, "")
+    if doc["type"] == "gap":
+        parts = doc["key"].split("/")
+        if (len(parts) < 3 or not parts[-2].isdigit() or not isinstance(doc.get("gateway"), str)
+                or not all(type(doc.get(k)) is int for k in ("first_seq", "last_seq", "count"))
+                or not isinstance(doc.get("reason"), str)):
+            raise StreamError("a gap needs key <gateway>/<boot>/<seq>, gateway, first_seq, last_seq, "
+                              "count and reason", reason="bad_event", field="key")
+    if doc.get("seq") is not None and type(doc["seq"]) is not int:
+        raise StreamError("seq must be an integer", reason="bad_event", field="seq")
+    if doc["type"] == "status" and doc.get("status") not in ("online", "offline"):
+        raise StreamError("a status is online or offline", reason="bad_event", field="status")
     return doc
+
+
+def _check_json(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        problem = text_problem(value, 64 * 1024)
+        if problem:
+            raise StreamError(f"{path or 'value'} {problem}", reason="bad_event", field=path or None)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT8[0] <= value <= INT8[1]:
+            raise StreamError(f"{path} is beyond 64 bits", reason="bad_event", field=path)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise StreamError(f"{path} is {value}", reason="bad_event", field=path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(k, path)
+            _check_json(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json(v, f"{path}[{i}]")
 
 
 def raw(topic: str, mqtt_topic: str, payload: bytes, received_at: datetime, key: str | None,
         **meta: str | None) -> Message:
-    headers = [("mqtt_topic", mqtt_topic.encode()), ("received_at", iso(received_at).encode())]
-    headers += [(k, v.encode()) for k, v in meta.items() if v is not None]
+    headers = [("mqtt_topic", _header(mqtt_topic)), ("received_at", iso(received_at).encode())]
+    headers += [(k, _header(v)) for k, v in meta.items() if v is not None]
     return Message(topic, key.encode() if key else None, payload, headers)
+
+
+def refused(message: Message, reason: str, detail: str) -> Message:
+    """A message Kafka refuses for good (too large, invalid), for ``<topic>.dlq``: its value
+    whole when it is small enough to travel, else a bounded prefix (the digest and size in
+    ``dlq_detail``); the original headers kept, each bounded."""
+    value, note = message.value, None
+    if len(value) > MAX_MESSAGE // 2:
+        note = f"value of {len(value)} bytes (sha256 {hashlib.sha256(value).hexdigest()}); " \
+               f"the first {KEEP_PAYLOAD} bytes are kept"
+        value = value[:KEEP_PAYLOAD]
+    headers = [(k[:256], v[:4096]) for k, v in message.headers if not k.startswith("dlq_")][:32]
+    headers += [("dlq_reason", _header(reason)),
+                ("dlq_detail", _header(f"{note}; {detail}" if note else detail)),
+                ("dlq_source", f"{message.topic}/produce".encode())]
+    return Message(message.topic + ".dlq", message.key[:1024] if message.key else None, value, headers)
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
@@ -155,11 +264,17 @@ def dead_letter(topic: str, key: bytes | None, value: bytes, headers: Sequence[t
                 partition: int, offset: int, reason: str, detail: str, field: str | None = None,
                 suffix: str = ".dlq") -> Message:
     out = [(k, v) for k, v in headers or () if not k.startswith("dlq_")]
-    out += [("dlq_reason", reason.encode()), ("dlq_detail", detail[:2000].encode()),
+    out += [("dlq_reason", _header(reason)), ("dlq_detail", _header(detail)),
             ("dlq_source", f"{topic}/{partition}/{offset}".encode())]
     if field:
-        out.append(("dlq_field", field.encode()))
+        out.append(("dlq_field", _header(field)))
     return Message(topic + suffix, key, value, out)
+
+
+def _header(text: str) -> bytes:
+    """Header text from whatever a sender controlled (a field name with a lone surrogate,
+    a NUL): escaped and bounded, never an exception."""
+    return safe_text(text, MAX_DETAIL).encode()
 
 
 def from_batch(batch: Batch, topics: Topics) -> list[Message]:

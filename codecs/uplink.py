@@ -18,7 +18,9 @@ Layout (big-endian), declared once below as ``HEADER``::
 
 (gateway id, boot epoch, sequence) is every record's stable identity, so a resent
 batch is recognised downstream. A corrupt, truncated or other-version frame raises
-``UplinkFrameError`` naming the field and byte offset.
+``UplinkFrameError`` naming the field and byte offset; so does a frame whose CRC is right
+but one of whose records is not what every later hop can carry (``edge.codecs.limits``):
+``decode`` returns only records the receiver can produce and the sink can insert.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any
 
 import msgpack
 
-from edge.codecs.errors import UplinkFrameError
+from edge.codecs.errors import CodecError, UplinkFrameError
+from edge.codecs.limits import INT8, check_wire_record
 from edge.codecs.records import EVENT_TYPES, Event, Gap, Measurement, Quarantined
 
 MAGIC = b"EG"
@@ -161,11 +164,18 @@ def decode(frame: bytes) -> Batch:
         gateway = bytes(frame[HEADER.size:body_at]).decode()
     except UnicodeDecodeError as exc:
         raise UplinkFrameError("gateway id is not UTF-8", field="gateway", offset=HEADER.size) from exc
-    body = frame[body_at:end]
-    if flags & FLAG_ZLIB:
-        body = _inflate(body, body_at)
-    deltas, records = _records(body, count, body_at)
-    seqs = list(range(first, first + count)) if deltas is None else [first + d for d in deltas]
+    try:  # the CRC held: the header is the sender's, and what fails now fails at every resend
+        body = frame[body_at:end]
+        if flags & FLAG_ZLIB:
+            body = _inflate(body, body_at)
+        deltas, records = _records(body, count, body_at)
+        seqs = list(range(first, first + count)) if deltas is None else [first + d for d in deltas]
+        if seqs and max(seqs) > INT8[1]:
+            raise UplinkFrameError(f"sequence {max(seqs)} exceeds {INT8[1]}", reason="bad_record",
+                                   field="first_seq", offset=12)
+    except UplinkFrameError as exc:
+        exc.frame = (gateway, boot, first, count)
+        raise
     return Batch(gateway, boot, first, records, seqs, bool(flags & FLAG_ZLIB))
 
 
@@ -219,8 +229,14 @@ def _records(body: bytes, count: int, at: int) -> tuple[list[int] | None, list[R
     records: list[Record] = []
     for i, item in enumerate(items):
         try:
-            records.append(from_wire(item, times))
-        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
-            raise UplinkFrameError(f"record {i} is malformed: {exc}", reason="bad_record",
+            record = from_wire(item, times)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as exc:
+            raise UplinkFrameError(f"record {i} is malformed: {exc}"[:500], reason="bad_record",
                                    field=f"records[{i}]", offset=at) from exc
+        try:
+            check_wire_record(record)
+        except CodecError as exc:
+            raise UplinkFrameError(f"record {i}: {exc.message}", reason="bad_record",
+                                   field=f"records[{i}].{exc.field}", offset=at) from exc
+        records.append(record)
     return deltas, records

@@ -9,7 +9,6 @@ Envelope on every message: ``v`` (2), ``device_id`` (must match the topic), ``ts
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple
 
 from edge.codecs.errors import CodecError, PayloadError, TopicError, ValueError_
 from edge.codecs.f2 import parse_json, parse_time
+from edge.codecs.limits import as_float
 from edge.codecs.records import CommandAck, Event, Hello, Measurement, OtaStatus, Status
 
 MAX_MEASUREMENTS = 200
@@ -133,10 +133,11 @@ def _num(doc: Mapping[str, Any], key: str, optional: bool = False) -> Any:
     value = doc.get(key)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PayloadError(f"{key} must be a number, got {value!r}",
+    number = as_float(value)
+    if number is None:
+        raise PayloadError(f"{key} must be a finite number, got {value!r}"[:200],
                            reason="missing_field" if value is None else "bad_type", field=key)
-    return float(value)
+    return number
 
 
 def _telemetry(env: Envelope, doc: Mapping[str, Any], topic: str
@@ -158,10 +159,11 @@ def _telemetry(env: Envelope, doc: Mapping[str, Any], topic: str
             kind, val, unit = item.get("type"), item.get("val"), item.get("unit")
             if not isinstance(kind, str) or not kind:
                 raise ValueError_("measurement has no type", field=f"{field}.type")
-            if isinstance(val, bool) or not isinstance(val, int | float) or not math.isfinite(val):
-                raise ValueError_(f"val must be a finite number, got {val!r}", field=f"{field}.val")
+            number = as_float(val)
+            if number is None:
+                raise ValueError_(f"val must be a finite number, got {val!r}"[:200], field=f"{field}.val")
             time = parse_time(item["ts"], f"{field}.ts") if "ts" in item else env.ts
-            records.append(Measurement(time, env.device_id, None, None, None, kind, float(val),
+            records.append(Measurement(time, env.device_id, None, None, None, kind, number,
                                        unit if isinstance(unit, str) else None, topic))
         except CodecError as exc:
             errors.append(exc.at(topic))
@@ -172,6 +174,7 @@ class Verdict(Enum):
     NEW = "new"
     DUPLICATE = "duplicate"
     REBOOT = "reboot"  # new, and the device restarted its sequence
+    JUMP = "jump"  # new, but ahead by more than any plausible loss: not counted as a gap
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,21 +188,24 @@ class SeqResult:
 
 
 _NEW, _DUPLICATE = SeqResult(Verdict.NEW), SeqResult(Verdict.DUPLICATE)  # the usual answers, shared
+_JUMP = SeqResult(Verdict.JUMP)
 
 
 class SequenceTracker:
     """Per-device dedup and gap counting for v2 ``seq`` (wraps at 2**32, 0 after a reboot).
 
     Rules: a message at or behind the last seen seq (within ``replay_window``, modulo
-    2**32) is a duplicate; ahead by more than one is a gap (counted, kept). ``seq == 0``
+    2**32) is a duplicate; ahead by more than one is a gap (counted, kept), and ahead by
+    more than ``max_gap`` is a jump (kept, counted once: a device that reset its counter
+    or sent a wild seq has not lost two billion messages). ``seq == 0``
     is a reboot unless it repeats the ``ts`` of the boot already seen (a redelivered
     first message); a jump backwards beyond the replay window is a reboot whose first
     messages were lost. Not thread-safe: one owner (the decoder actor). ``state()`` and
     ``restore()`` let the owner persist it.
     """
 
-    def __init__(self, replay_window: int = 4096) -> None:
-        self.replay_window = replay_window
+    def __init__(self, replay_window: int = 4096, max_gap: int = 1_000_000) -> None:
+        self.replay_window, self.max_gap = replay_window, max_gap
         self._last: dict[str, tuple[int, str | None]] = {}  # device -> (seq, boot ts)
 
     def observe(self, device_id: str, seq: int, ts: str) -> SeqResult:
@@ -218,7 +224,9 @@ class SequenceTracker:
             return _DUPLICATE
         if ahead < SEQ_MOD // 2:
             self._last[device_id] = (seq, boot_ts)
-            return _NEW if ahead == 1 else SeqResult(Verdict.NEW, gap=ahead - 1)
+            if ahead == 1:
+                return _NEW
+            return SeqResult(Verdict.NEW, gap=ahead - 1) if ahead <= self.max_gap else _JUMP
         behind = SEQ_MOD - ahead
         if behind <= self.replay_window:
             return _DUPLICATE

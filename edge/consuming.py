@@ -50,6 +50,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
+from edge.health import CONDITIONS
 from edge.codecs.stream import Message, dead_letter
 from edge.config import KafkaConfig
 from edge.kafka_io import Delivery, consumer, producer
@@ -155,20 +156,21 @@ class ConsumingActor(EdgeActor):
         raise NotImplementedError
 
     def dead_letter(self, rec: ConsumerRecord, reason: str, detail: str, field: str | None,
-                    **context: Any) -> Message:
-        """The record, kept with why, for ``<topic>.dlq``: counted and logged here."""
+                    value: bytes | None = None, **context: Any) -> Message:
+        """The record (or ``value``: the part of it that failed), kept with why, for
+        ``<topic>.dlq``: counted and logged here."""
         DLQ.labels(rec.topic + ".dlq", reason).inc()
         _log.warning("dead_letter", actor=self.name, topic=rec.topic, partition=rec.partition,
                      offset=rec.offset, reason=reason, field=field, detail=detail[:300], **context)
-        return dead_letter(rec.topic, rec.key, rec.value, rec.headers, rec.partition, rec.offset,
-                           reason, detail, field)
+        return dead_letter(rec.topic, rec.key, rec.value if value is None else value, rec.headers,
+                           rec.partition, rec.offset, reason, detail, field)
 
     def opened(self) -> None:
         """Open what ``process`` needs (called once the clients exist)."""
 
     # -- loop --------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"))
+        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"), name=self.name)
         self._subscribe()
         self.opened()
         self.tell_self(_Poll())
@@ -303,9 +305,10 @@ class ConsumingActor(EdgeActor):
             wait([f.future for f in later])
             self.pending = batch + [r for f in later for r in f.batch] + self.pending
             self.retry_at = time.monotonic() + self.retry_delay
-            _log.warning("batch_retry", actor=self.name, group=self.group, records=len(batch),
-                         error=f"{type(exc).__name__}: {str(exc).strip()[:300]}",
-                         retry_in_s=round(self.retry_delay, 2))
+            error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            CONDITIONS.problem(self.name, f"writes paused, retrying: {type(exc).__name__}", error=error)
+            _log.info("batch_retry", actor=self.name, group=self.group, records=len(batch),
+                      error=error, retry_in_s=round(self.retry_delay, 2))
             self.retry_delay = min(self.retry_delay * 2, self.retry_max_s)
             self._paused.set(1)
             self.progress_at = time.monotonic()
@@ -341,6 +344,7 @@ class ConsumingActor(EdgeActor):
                     if tp in self.next_offset:
                         self.consumer.seek(tp, self.next_offset[tp])
             self._paused.set(0)
+            CONDITIONS.clear(self.name)
             _log.info("batch_resumed", actor=self.name, group=self.group)
         return True
 

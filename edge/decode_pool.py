@@ -30,9 +30,9 @@ _dispatcher: Dispatcher | None = None
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
-def _start(registry_text: str) -> None:
+def _start(registry_text: str, window: tuple[float, float]) -> None:
     global _dispatcher
-    _dispatcher = Dispatcher(registry_mod.loads(registry_text))
+    _dispatcher = Dispatcher.with_window(registry_mod.loads(registry_text), *window)
 
 
 def _decode(messages: list[Message]) -> list[Outcome]:
@@ -41,13 +41,13 @@ def _decode(messages: list[Message]) -> list[Outcome]:
 
 
 class DecodePool:
-    def __init__(self, registry_text: str, processes: int) -> None:
+    def __init__(self, registry_text: str, processes: int, window: tuple[float, float] = (0, 0)) -> None:
         self.processes = processes
         # spawn, never fork: the parent runs threads (paho, actors), a forked child would
         # inherit their locks in whatever state they were.
         self.pool = ProcessPoolExecutor(max_workers=processes,
                                         mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start, initargs=(registry_text,))
+                                        initializer=_start, initargs=(registry_text, window))
         self.pool.submit(_decode, []).result(TIMEOUT_S)  # started and initialised, or raise
 
     def decode(self, messages: tuple[Message, ...]) -> list[Outcome]:

@@ -69,3 +69,44 @@ def test_garbage_is_one_line_never_a_traceback():
         assert result.returncode == 2, args
         err = result.stderr.decode()
         assert len(err.splitlines()) == 1 and err.startswith("edge decode: ") and "Traceback" not in err
+
+
+HUGE = "1" + "0" * 400
+F2_EXIT = "tele/f2-e4fd45f654be/alarm-mode/J1/exit-buttons"
+V2_HELLO = ('{"v":2,"device_id":"pm-1","ts":"2026-01-01T00:00:00Z","seq":1,"msg_type":"hello",'
+            '"fw_version":"1","uptime_s":UPTIME,"broker_connections":1,"buf_usage_pct":1}')
+
+
+def test_values_no_later_hop_can_carry_exit_2_naming_reason_and_field(tmp_path):
+    cases = [
+        (["iot/pm-1/hello", V2_HELLO.replace("UPTIME", "1e20")], "out_of_range", "uptime_s"),
+        (["iot/pm-1/hello", V2_HELLO.replace("UPTIME", HUGE)], "bad_type", "uptime_s"),
+        (["--registry", REGISTRY, F2_EXIT, '{"button_pressed":true,"button_id":18446744073709551616}'],
+         "out_of_range", "pin_position"),
+        (["homelab/energy/m", '{"power_\\ud800": 1}'], "bad_text", "label"),
+        (["homelab/energy/m", '{"power": ' + HUGE + "}"], "bad_value", "power"),
+        (["iot/pm-1/telemetry", '{"v":2,"device_id":"pm-1","ts":"2026-01-01T00:00:00Z","seq":1,'
+          '"msg_type":"telemetry","measurements":[{"type":"v","val":' + HUGE + "}]}"],
+         "bad_value", "measurements[0].val"),
+        (["--registry", REGISTRY, "tele/f2-e4fd45f654be/access-control-mode/J1/reader-1",
+          '{"card_id":"A1","signal_strength":' + HUGE + "}"], "bad_value", "signal_strength"),
+    ]
+    for args, reason, field in cases:
+        result = decode(*args)
+        err = result.stderr.decode()
+        assert result.returncode == 2, (args, err)
+        assert f"edge decode: {reason}: " in err and f"field={field}" in err, (args, err)
+        assert "Traceback" not in err
+
+
+def test_a_registry_the_decoder_cannot_use_is_one_line_never_a_traceback(tmp_path):
+    bad = {"not-utf8.toml": b"\xff\xfe name = 1", "abc.toml": b'templates = "abc"',
+           "list.toml": b"templates = [1]", "connectors.toml": b'[[controllers]]\nmac = "aabbccddeeff"\n'
+           b"connectors = [1]", "offset.toml": b'[[templates]]\nname = "t"\n[[templates.data_points]]\n'
+           b'label = "a"\nencoding = "Uint8"\noffset = 99999999999\nlength = 1\n'}
+    for name, text in bad.items():
+        (tmp_path / name).write_bytes(text)
+        result = decode("--registry", str(tmp_path / name), "homelab/a/b", '{"x": 1}')
+        err = result.stderr.decode()
+        assert result.returncode == 2 and len(err.splitlines()) == 1, (name, err)
+        assert err.startswith("edge decode: registry ") and "Traceback" not in err, (name, err)

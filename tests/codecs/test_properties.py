@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 import pytest
 import strategies as s
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from edge.codecs import registry, uplink
+from edge.codecs import registry, stream, uplink
+from edge.codecs.batch import decode_batch
 from edge.codecs.dispatch import MAX_PAYLOAD, Dispatcher
 from edge.codecs.errors import CodecError, FrameError, UplinkFrameError
+from edge.codecs.records import Measurement, Quarantined
 from edge.codecs.template import CompiledTemplate
 from edge.codecs.v2 import SEQ_MOD, SequenceTracker, Verdict
 
@@ -213,3 +217,118 @@ def test_a_frame_of_prepacked_records_equals_one_encoded_from_the_records(record
     frame = uplink.encode_packed("gw", 2, seqs, packed)
     assert frame == uplink.encode("gw", 2, seqs[0], records, seqs=seqs)
     assert uplink.decode(frame).seqs == seqs
+
+
+# -- the boundary rule: whatever decodes can be packed, framed, produced and inserted ---------
+
+TOPICS = stream.Topics("dec", "raw", "ev")
+
+
+def _carried_everywhere(records: list) -> None:
+    """What the gateway does with records (pack them for the buffer, frame them) and what
+    the server does with the frame (decode, produce, parse again in the sink)."""
+    packed = [msgpack.packb(uplink.to_wire(r), use_bin_type=True) for r in records]
+    if not packed:
+        return
+    batch = uplink.decode(uplink.encode_packed("gw-1", 1, list(range(1, len(packed) + 1)), packed))
+    assert batch.records == records
+    _produced_and_parsed(batch)
+
+
+def _produced_and_parsed(batch: uplink.Batch) -> None:
+    for message in stream.from_batch(batch, TOPICS):
+        assert message.size <= stream.MAX_MESSAGE + 64 * 1024 + 4096
+        if message.topic == "dec":
+            rows, bad = stream.read_measurements(message.value)
+            assert bad == [] and rows
+        elif message.topic == "ev":
+            stream.read_event(message.value)
+
+
+@SETTINGS
+@given(s.topics, s.payloads, s.received)
+@example("iot/pm-1/hello", b'{"v":2,"device_id":"pm-1","ts":"2026-01-01T00:00:00Z","seq":1,'
+         b'"msg_type":"hello","fw_version":"1","uptime_s":1e20,"broker_connections":1,'
+         b'"buf_usage_pct":1}', None)
+@example("tele/f2-e4fd45f654be/alarm-mode/J1/exit-buttons",
+         b'{"button_pressed":true,"button_id":18446744073709551616}', None)
+@example("homelab/energy/m", b'{"power_\\ud800": 1, "l\\u0000": 2, "ok": 3}', None)
+@example("iot/pm-1/telemetry", b'{"v":2,"device_id":"pm-1","ts":"2026-01-01T00:00:00Z","seq":1,'
+         b'"msg_type":"telemetry","measurements":[{"type":"v","val":1' + b"0" * 400 + b'}]}', None)
+def test_every_record_the_dispatcher_returns_packs_frames_and_is_stored(topic, payload, received_at):
+    try:
+        result = DISPATCHER.decode(topic, payload, received_at)
+    except CodecError:
+        return
+    _carried_everywhere(result.records)
+
+
+@SETTINGS
+@given(s.topics, s.payloads | st.binary(min_size=MAX_PAYLOAD + 1, max_size=MAX_PAYLOAD + 2))
+def test_whatever_a_batch_of_messages_becomes_packs_and_a_quarantined_one_is_bounded(topic, payload):
+    (outcome,) = decode_batch(DISPATCHER, msgpack.Packer(use_bin_type=True).pack,
+                              [(1, topic, payload, 1_780_000_000.0)])
+    entries = list(outcome.entries) + ([outcome.quarantine.entry] if outcome.quarantine else [])
+    records = [uplink.from_wire(msgpack.unpackb(body, raw=False)) for _, body in entries]
+    for record in records:
+        if type(record) is Quarantined:
+            assert len(record.payload) <= MAX_PAYLOAD
+    _carried_everywhere(records)
+
+
+@SETTINGS
+@given(st.lists(s.wild_wire, min_size=1, max_size=5))
+def test_a_frame_with_a_valid_crc_and_any_records_is_read_whole_or_refused(wire):
+    try:
+        frame = uplink.encode_wire("gw-1", 1, 1, wire)
+    except (ValueError, TypeError, OverflowError, UplinkFrameError):
+        return  # not even packable: a hostile peer cannot send it either
+    try:
+        batch = uplink.decode(frame)
+    except UplinkFrameError as exc:
+        assert exc.reason and exc.field
+        return
+    _produced_and_parsed(batch)
+
+
+def test_a_frame_whose_record_has_the_wrong_types_is_refused_naming_the_record():
+    bad = [0, 1_700_000_000_000_000, 42, None, None, None, "label", 1.0, None, b"topic-as-bytes"]
+    with pytest.raises(UplinkFrameError) as info:
+        uplink.decode(uplink.encode_wire("gw-1", 1, 1, [bad]))
+    assert (info.value.reason, info.value.field) == ("bad_record", "records[0].device_id")
+
+
+@SETTINGS
+@given(st.integers(1, 3000), st.integers(1, 300))
+def test_a_device_share_of_any_size_becomes_messages_below_the_limit(count, label_size):
+    numbered = [(n, Measurement(datetime(2026, 1, 1, tzinfo=UTC), "dev", None, None, None,
+                                "l" * min(label_size, 128), float(n), None, "t" * 500))
+                for n in range(count)]
+    messages = stream.measurements("gw/1", numbered, "dec", max_bytes=64 * 1024)
+    assert all(m.size <= 64 * 1024 for m in messages)
+    rows = [r for m in messages for r in stream.read_measurements(m.value).rows]
+    assert [r[9] for r in rows] == [f"gw/1/{n}" for n in range(count)]
+
+
+def test_a_sequence_jump_beyond_any_plausible_loss_is_not_counted_as_lost_messages():
+    tracker = SequenceTracker()
+    tracker.observe("d", 1, "a")
+    result = tracker.observe("d", 1 + 2**31 - 1, "b")
+    assert result.verdict is Verdict.JUMP and result.gap == 0
+    assert tracker.observe("d", 2**31 + 1, "c").verdict is Verdict.NEW
+
+
+@SETTINGS
+@given(s.topics, s.payloads)
+@example("homelab/energy/m", b'{"\\ud800x": "Infinity", "l\\u0000": "z"}')
+def test_whatever_fails_to_decode_can_be_dead_lettered_with_its_reason(topic, payload):
+    """The server's stream decoder dead-letters a message with the errors' reason, detail
+    and field as Kafka headers: text a sender chose (a key with a lone surrogate) included."""
+    try:
+        errors = DISPATCHER.decode(topic, payload, datetime(2026, 1, 1, tzinfo=UTC)).errors
+    except CodecError as exc:
+        errors = [exc]
+    for error in errors:
+        message = stream.dead_letter("raw", None, payload, [("mqtt_topic", b"t")], 0, 1, error.reason,
+                                     error.describe(), error.field)
+        assert all(isinstance(v, bytes) for _, v in message.headers)

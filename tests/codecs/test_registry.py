@@ -65,7 +65,7 @@ mac = "e4:fd:45:f6:54:be"
         "templates[Broken].framing: must be one of none, modbus-rtu, got 'modbus'",
         "templates[Broken].data_points[0].length: Int16 is 2 bytes, length says 4",
         "templates[Broken].data_points[1].encoding: must be one of Int8",
-        "templates[Broken].data_points[1].offset: must be 0 or more, got -1",
+        "templates[Broken].data_points[1].offset: must be 0 to 262144, got -1",
         "templates[Broken].data_points[1].decimals: must be 0 to 9, got 12",
         "templates[Broken].data_points[1].colour: unknown key",
         "templates[Broken].data_points: label 'A' is used twice",
@@ -94,3 +94,20 @@ framing = "modbus-rtu"
 def test_a_registry_that_is_not_toml_is_a_registry_error():
     with pytest.raises(RegistryError, match="not valid TOML"):
         registry.loads("[[templates]\n")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('templates = "abc"', "templates: expected an array of tables ([[templates]]), got str"),
+    ("templates = [1]", "templates[0]: expected a table, got int"),
+    ('[[controllers]]\nmac = "aabbccddeeff"\nconnectors = [1]',
+     "controllers[aabbccddeeff].connectors[0]: expected a table, got int"),
+    ('[[templates]]\nname = "t"\n[[templates.data_points]]\nlabel = "a"\nencoding = "Uint8"\n'
+     "offset = 99999999999\nlength = 1", "offset: must be 0 to 262144, got 99999999999"),
+    ('[[templates]]\nname = "t"\n[[templates.data_points]]\nlabel = "a\\u0000"\nencoding = "Uint8"\n'
+     "offset = 0\nlength = 1", "label contains NUL"),
+    ('[[topics]]\nfilter = "a/#/b"\ncodec = "homelab"', "'a/#/b' is not an MQTT topic filter"),
+])
+def test_a_registry_of_the_wrong_shape_is_a_problem_with_its_path_never_a_traceback(text, problem):
+    with pytest.raises(RegistryError) as info:
+        registry.loads(text)
+    assert problem in str(info.value)

@@ -32,7 +32,7 @@ def test_a_batch_becomes_one_message_per_device_with_identities_and_the_rest_by_
     for msg in out:
         by_topic.setdefault(msg.topic, []).append(msg)
     assert sorted(msg.key for msg in by_topic["dec"]) == [b"a", b"b"]
-    rows = {r[-1]: r for msg in by_topic["dec"] for r in stream.read_measurements(msg.value)}
+    rows = {r[-1]: r for msg in by_topic["dec"] for r in stream.read_measurements(msg.value).rows}
     assert set(rows) == {"gw-1/17/40", "gw-1/17/41", "gw-1/17/42"}
     assert rows["gw-1/17/40"] == (T0, "a", "sensor-mode", 1, 1, "x", 1.0, "V", "tele/a", "gw-1/17/40")
     assert rows["gw-1/17/42"][2:5] == ("", None, 0)  # no connector/pin: the key's stand-ins
@@ -51,7 +51,7 @@ def test_measurement_times_and_values_survive_the_envelope_exactly(items):
     numbered = [(n, m("d", f"l{i}", v, T0 + timedelta(microseconds=n)))
                 for i, (n, v) in enumerate(items)]
     (msg,) = stream.measurements("src", numbered, "dec")
-    rows = stream.read_measurements(msg.value)
+    rows = stream.read_measurements(msg.value).rows
     assert [(r[0], r[6], r[9]) for r in rows] == [(x.time, x.value, f"src/{n}") for n, x in numbered]
 
 
@@ -59,12 +59,51 @@ def test_measurement_times_and_values_survive_the_envelope_exactly(items):
     (b"\xc1", "bad_envelope", None),
     (msgpack.packb({"v": 9, "src": "s", "r": []}), "bad_envelope", "v"),
     (msgpack.packb({"v": 1, "src": "s"}), "bad_envelope", "r"),
-    (msgpack.packb({"v": 1, "src": "s", "r": [[1, 2, 3]]}), "bad_record", "r[0]"),
 ])
 def test_a_record_that_is_not_a_measurements_envelope_says_what_is_wrong(value, reason, field):
     with pytest.raises(stream.StreamError) as info:
         stream.read_measurements(value)
     assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def _row(n, label="x", pin=1, device="dev", value=1.0, topic="t"):
+    return [n, 1_780_000_000_000_000, device, "sensor-mode", 1, pin, label, value, "V", topic]
+
+
+@pytest.mark.parametrize("bad, reason, field", [
+    ([1, 2, 3], "bad_record", "r[1]"),
+    (_row(1, label="a\x00b"), "bad_text", "r[1].label"),
+    (_row(1, pin=2**40), "out_of_range", "r[1].pin_position"),
+    (_row(1, pin=70000 * 70000), "out_of_range", "r[1].pin_position"),
+    (_row(1, device=7), "bad_type", "r[1].device_id"),
+    (_row(1, value="x"), "bad_value", "r[1].value"),
+    (_row(1, topic=b"bytes"), "bad_type", "r[1].topic"),
+    (_row("n"), "bad_type", "r[1].n"),
+])
+def test_a_row_the_database_cannot_take_is_set_apart_and_its_neighbours_kept(bad, reason, field):
+    value = msgpack.packb({"v": 1, "src": "gw/1", "r": [_row(0), bad, _row(2, label="y")]})
+    rows, refused = stream.read_measurements(value)
+    assert [r[9] for r in rows] == ["gw/1/0", "gw/1/2"]
+    ((one, error),) = refused
+    assert (error.reason, error.field) == (reason, field)
+    assert msgpack.unpackb(one) == {"v": 1, "src": "gw/1", "r": [bad]}
+
+
+def test_text_that_is_not_utf8_in_a_row_is_that_row_s_problem_only():
+    good = msgpack.packb(_row(0))
+    broken = msgpack.packb(_row(1, label="LABEL")).replace(b"LABEL", b"\xff\xfeBEL")
+    value = msgpack.packb({"v": 1, "src": "gw/1"})[:-1]  # reopen the map: add "r" by hand
+    value = b"\x83" + msgpack.packb("v") + msgpack.packb(1) + msgpack.packb("src") + msgpack.packb("gw/1") \
+        + msgpack.packb("r") + b"\x92" + good + broken
+    rows, refused = stream.read_measurements(value)
+    assert [r[9] for r in rows] == ["gw/1/0"]
+    assert refused[0][1].reason == "bad_text"
+
+
+def test_rows_refused_by_the_database_go_back_into_an_envelope_of_their_own():
+    rows, _ = stream.read_measurements(msgpack.packb({"v": 1, "src": "gw/1", "r": [_row(5)]}))
+    again, refused = stream.read_measurements(stream.envelope(rows))
+    assert again == rows and refused == []
 
 
 def test_dead_letters_keep_the_original_and_name_reason_field_and_coordinates():

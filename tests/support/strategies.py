@@ -69,13 +69,15 @@ def expected_value(dp: DataPoint, raw: int | float) -> float:
 
 utc_times = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1),
                          timezones=st.just(UTC))
-short_text = st.text(max_size=40)
+# Text every hop can carry (edge.codecs.limits): no lone surrogates, no NUL.
+short_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                     max_size=8)  # at most 32 bytes: fits every field
 maybe_text = st.none() | short_text
-maybe_int = st.none() | st.integers(-(2**63), 2**63 - 1)
-finite = st.floats(allow_nan=False)
+maybe_int = st.none() | st.integers(0, 2**15 - 1)
+finite = st.floats(allow_nan=False, allow_infinity=False)
 
-measurements = st.builds(Measurement, utc_times, short_text, maybe_text, maybe_int, maybe_int,
-                         short_text, finite, maybe_text, maybe_text)
+measurements = st.builds(Measurement, utc_times, short_text, maybe_text, maybe_int,
+                         st.none() | st.integers(0, 2**31 - 1), short_text, finite, maybe_text, maybe_text)
 events = st.one_of(
     st.builds(Hello, utc_times, short_text, maybe_text, st.none() | st.integers(0, 2**32 - 1),
               short_text, st.integers(0, 2**40), st.integers(0, 100), finite, st.none() | finite),
@@ -93,6 +95,32 @@ quarantined = st.builds(Quarantined, utc_times, short_text, st.binary(max_size=6
 gaps = st.builds(Gap, utc_times, st.integers(0, 2**62), st.integers(0, 2**62),
                  st.integers(0, 2**31), short_text)
 records = st.lists(st.one_of(measurements, measurements, events, quarantined, gaps), max_size=60)
+
+# Anything a hostile peer could put in a frame's record list: the right kinds with values
+# of any type, size and encoding, and the wrong kinds.
+wild_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+                | st.text(max_size=20) | st.binary(max_size=20)
+                | st.sampled_from(["", "\x00", "\ud800", "a" * 600, "online", "hello", "gap"]))
+_us = st.integers(0, 2**60) | wild_scalars
+
+
+def _shaped(kind: int, fields: int):
+    """A record of ``kind`` with the right number of fields, each of any type."""
+    return st.builds(lambda us, rest: [kind, us, *rest], _us,
+                     st.lists(wild_scalars, min_size=fields, max_size=fields))
+
+
+wild_wire = st.one_of(
+    _shaped(0, 8), _shaped(0, 8), _shaped(2, 7), _shaped(3, 4),
+    st.builds(lambda us, t, f: [1, us, t, f], _us,
+              st.sampled_from(["hello", "status", "command_ack", "ota_status", "card_read", "x"]),
+              st.dictionaries(st.sampled_from(["device_id", "topic", "seq", "fw_version", "uptime_s",
+                                               "broker_connections", "buf_usage_pct", "status",
+                                               "cmd_id", "result", "card_id", "connector_mode",
+                                               "connector", "position", "other"]),
+                              wild_scalars, max_size=10)),
+    st.recursive(wild_scalars, lambda inner: st.lists(inner, max_size=12), max_leaves=12),
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
