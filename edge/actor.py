@@ -19,6 +19,7 @@ import pykka
 from edge import log
 from edge.errors import ActorUnavailableError
 from edge.flow import Credits
+from edge.health import CONDITIONS
 from edge.metrics import (
     ACTOR_ERRORS,
     ACTOR_MESSAGES_IN,
@@ -121,12 +122,19 @@ class EdgeActor(pykka.ThreadingActor):
             ctx.handles[ctx.name].bind(self.actor_ref)
         self._in = ACTOR_MESSAGES_IN.labels(ctx.name)
         self._out = ACTOR_MESSAGES_OUT.labels(ctx.name)
+        self._busy_name = f"actor {ctx.name}"
 
     def on_receive(self, message: Any) -> Any:
         self._in.inc()
         if isinstance(message, Ping):
             return self.health()
-        return self.handle(message)
+        # Seen from /healthz without asking this actor: a message that takes longer than
+        # the stall bound (a database or broker that does not answer) makes it degraded.
+        CONDITIONS.enter(self._busy_name, type(message).__name__)
+        try:
+            return self.handle(message)
+        finally:
+            CONDITIONS.leave(self._busy_name)
 
     def handle(self, message: Any) -> Any:
         """Handle one message; an exception from a ``tell`` crashes the actor."""

@@ -66,12 +66,22 @@ class KeyValueFormatter(_EventFormatter):
     """``ts=... level=info logger=edge.runtime event=actor_started actor=buffer``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_kv(v)}" for k, v in self.event(record).items())
+        return _printable(" ".join(f"{k}={_kv(v)}" for k, v in self.event(record).items()))
 
 
 class JsonFormatter(_EventFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.event(record), default=str, ensure_ascii=False)
+        return _printable(json.dumps(self.event(record), default=str, ensure_ascii=False))
+
+
+def _printable(line: str) -> str:
+    """A line the stream can write: a field that came from a sender may hold lone surrogates
+    (a JSON key "\\ud800"), which no encoder takes; they are escaped, never a logging error."""
+    try:
+        line.encode()
+        return line
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "backslashreplace").decode()
 
 
 def _kv(value: Any) -> str:

@@ -25,6 +25,7 @@ from edge import log, metrics, mqtt, systemd
 from edge.actor import ActorContext, ActorHandle, Ping
 from edge.config import Config, SupervisionConfig
 from edge.errors import CrashLoopError, RuntimeFailure, StartupError
+from edge.health import CONDITIONS
 from edge.metrics import ACTOR_UP
 from edge.supervision import RestartPolicy, Supervisor
 
@@ -132,9 +133,13 @@ class Runtime:
         self._started.clear()
 
     def health(self) -> dict[str, Any]:
+        """Each actor's state and every condition that degrades the process (edge.health):
+        ok only when every actor runs and nothing is unreachable, full or stuck."""
         actors = {name: self.supervisor.state(name) for name in self.handles}
-        ok = self.failure is None and all(state == "running" for state in actors.values())
-        return {"status": "ok" if ok else "degraded", "actors": actors}
+        conditions = CONDITIONS.report(self.config.stall_s)
+        ok = self.failure is None and all(state == "running" for state in actors.values()) \
+            and not conditions
+        return {"status": "ok" if ok else "degraded", "actors": actors, "conditions": conditions}
 
     def all_answer(self, timeout: float) -> bool:
         """Every actor answers a ping within ``timeout``: the runtime is not wedged."""
@@ -164,6 +169,7 @@ class Runtime:
         next_ping = time.monotonic()
         try:
             while not self._done.wait(0.5):
+                CONDITIONS.stalled(self.config.stall_s)  # logs a stall once, as it begins
                 if interval and time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + interval
                     if self.all_answer(timeout=interval / 2):

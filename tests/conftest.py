@@ -86,3 +86,13 @@ def pg_dsn() -> str:
 def unique() -> str:
     """A name no other test uses: for topics, schemas, client ids, consumer groups."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_conditions_left_over():
+    """edge.health.CONDITIONS is process-wide (as in a real process): each test starts clean."""
+    from edge.health import CONDITIONS
+
+    CONDITIONS.reset()
+    yield
+    CONDITIONS.reset()

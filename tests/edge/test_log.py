@@ -43,3 +43,17 @@ def test_the_level_filters(stream):
     log.setup("warning", "kv", stream=stream)
     log.get("edge.test").info("hidden")
     assert stream.getvalue() == ""
+
+
+def test_a_field_a_sender_controlled_never_breaks_a_log_line():
+    import io as _io
+
+    from edge import log as _log
+
+    stream = _io.TextIOWrapper(_io.BytesIO(), encoding="utf-8")
+    for fmt in ("kv", "json"):
+        _log.setup("info", fmt, stream)
+        _log.get("t").warning("message_quarantined", field="power_\ud800", detail="a\x00b")
+        stream.flush()
+    text = stream.buffer.getvalue().decode()
+    assert text.count("message_quarantined") == 2 and "\\ud800" in text

@@ -37,7 +37,8 @@ def test_metrics_and_health_report_each_actor(unique):
     try:
         assert runtime.handles[unique].ask("hi", timeout=5) == "hi"
         status, body = get(base + "/healthz")
-        assert status == 200 and json.loads(body) == {"status": "ok", "actors": {unique: "running"}}
+        assert status == 200 and json.loads(body) == {"status": "ok", "actors": {unique: "running"},
+                                                      "conditions": {}}
 
         status, body = get(base + "/metrics")
         assert status == 200
@@ -83,3 +84,62 @@ def test_edge_status_summarises_a_running_process_and_says_when_it_is_not(unique
         runtime.stop()
     gone = subprocess.run([edge, "status", "--url", url], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 2 and "does not answer" in gone.stdout
+
+
+class Stuck(EdgeActor):
+    """Blocks in a message until released, as an actor does on a database that stopped answering."""
+
+    def __init__(self, ctx, release):
+        super().__init__(ctx)
+        self.release = release
+
+    def handle(self, message):
+        self.release.wait(30)
+
+
+def test_an_actor_blocked_longer_than_the_stall_bound_makes_health_degraded_until_it_returns(unique, caplog):
+    import logging
+    import threading
+
+    release = threading.Event()
+    runtime = Runtime([ActorSpec(unique, lambda ctx: Stuck.start(ctx, release))],
+                      SupervisionConfig(stall_s=0.5))
+    runtime.start()
+    server = metrics.serve("127.0.0.1", 0, runtime.health)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert get(base + "/healthz")[0] == 200
+        runtime.handles[unique].tell("block")
+        time.sleep(0.8)
+        with caplog.at_level(logging.INFO):
+            status, body = get(base + "/healthz")
+            report = json.loads(body)
+            assert status == 503 and report["actors"][unique] == "running"  # alive, and stuck
+            assert report["conditions"][f"actor {unique} stalled"].startswith("busy for ")
+            get(base + "/healthz")  # asked again: the stall is logged once, when it begins
+            release.set()
+            time.sleep(0.3)
+            assert get(base + "/healthz")[0] == 200
+        stalls = [r for r in caplog.records if getattr(r, "fields", {}).get("condition") == f"actor {unique} stalled"]
+        assert [r.getMessage() for r in stalls] == ["degraded", "recovered"]
+    finally:
+        release.set()
+        server.stop()
+        runtime.stop()
+
+
+def test_a_condition_reported_by_a_component_degrades_health_and_is_logged_once_per_change(caplog):
+    import logging
+
+    from edge.health import Conditions
+
+    conditions = Conditions()
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            conditions.problem("central broker", "cannot connect to 127.0.0.1:1: [Errno 111] Connection refused")
+        assert conditions.report(30) == {"central broker": "cannot connect to 127.0.0.1:1: [Errno 111] "
+                                                           "Connection refused"}
+        conditions.clear("central broker")
+        conditions.clear("central broker")
+        assert conditions.report(30) == {}
+    assert [r.getMessage() for r in caplog.records] == ["degraded", "recovered"]

@@ -103,7 +103,7 @@ def test_a_signal_drains_in_flight_work_and_stops_actors_in_reverse_order(sig):
     assert seen[-3:] == ["started store", "started flaky", "started trigger"]
     health = wait_healthy(port)
     assert health == {"status": "ok", "actors": {"store": "running", "flaky": "running",
-                                                  "trigger": "running"}}
+                                                  "trigger": "running"}, "conditions": {}}
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
