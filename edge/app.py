@@ -7,6 +7,8 @@ taking messages first, the buffer closes last.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from edge.actors.decoder import Decoder
 from edge.actors.receiver import UplinkReceiver
 from edge.actors.source import MqttSource
 from edge.actors.uplink import Uplink
-from edge.config import Config
+from edge.codecs import registry as registry_mod
+from edge.codecs.errors import CodecError
+from edge.config import Config, MqttConfig
 from edge.errors import ConfigError, ConfigProblem
 from edge.link import Link, LocalLink, MqttLink
 from edge.runtime import ActorSpec
@@ -24,14 +28,71 @@ from edge.store import RecordStore, SqliteStore
 
 
 def read_registry(cfg: Config) -> str:
+    """The registry file's text, checked: a registry the decoder could not load is a config
+    problem reported at once (exit 2), not an actor that fails to start."""
+    path = cfg.decoder.registry
     try:
-        return Path(cfg.decoder.registry).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
+        registry_mod.loads(text)
     except OSError as exc:
-        raise ConfigError([ConfigProblem("decoder.registry", f"cannot read {cfg.decoder.registry}: "
-                                         f"{exc.strerror}")]) from exc
+        raise ConfigError([ConfigProblem("decoder.registry", f"cannot read {path}: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem("decoder.registry", f"{path} is not UTF-8 text: {exc}")]) from exc
+    except CodecError as exc:
+        raise ConfigError([ConfigProblem("decoder.registry", f"{path}: {exc.message}")]) from exc
+    return text
+
+
+def writable_file(path: str) -> str | None:
+    """Why ``path`` cannot be created or written by this process, or None. Tried for real
+    (the directories are made, a file opened): permissions alone say nothing for root, or
+    on a read-only mount."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{path} is a directory"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            with open(target, "ab"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=target.parent):
+                pass
+    except OSError as exc:
+        return f"cannot create or write {path}: {exc.strerror or exc}"
+    return None
+
+
+def tls_files(name: str, broker: MqttConfig) -> list[ConfigProblem]:
+    problems = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(broker, key)
+        if broker.tls and path and not os.access(path, os.R_OK):
+            problems.append(ConfigProblem(f"{name}.{key}", f"{path} is missing or not readable"))
+    if broker.tls and bool(broker.cert_file) != bool(broker.key_file):
+        problems.append(ConfigProblem(f"{name}.key_file", "cert_file and key_file go together"))
+    return problems
+
+
+def preflight(cfg: Config, role: str) -> None:
+    """What the config names on this machine: files that must be writable, TLS files that
+    must be there. Checked before any actor starts, so the process exits 2 with every
+    problem in one message instead of an actor failing to start."""
+    files = {"gateway": [("buffer.path", cfg.buffer.path), ("commands.path", cfg.commands.path)]
+             + ([("uplink.store_path", cfg.uplink.store_path)] if cfg.uplink.mode == "local" else []),
+             "receiver": [("receiver.store_path", cfg.receiver.store_path)], "server": []}[role]
+    problems = [ConfigProblem(key, why) for key, path in files if (why := writable_file(path))]
+    problems += tls_files("central_broker", cfg.central_broker)
+    if role == "gateway":
+        problems += tls_files("site_broker", cfg.site_broker)
+    if role == "server" and cfg.kafka.tls and cfg.kafka.ca_file and not os.access(cfg.kafka.ca_file, os.R_OK):
+        problems.append(ConfigProblem("kafka.ca_file", f"{cfg.kafka.ca_file} is missing or not readable"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def gateway_specs(cfg: Config) -> list[ActorSpec]:
+    preflight(cfg, "gateway")
     registry_text = read_registry(cfg)
     b, gw = cfg.buffer, cfg.node.id
     client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
@@ -41,7 +102,9 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
         ActorSpec("commands", lambda ctx: CommandRouter.start(
             ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
             cfg.commands.offline_after_s), after=("buffer",)),
-        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text, processes=cfg.decoder.processes),
+        ActorSpec("decoder", lambda ctx: Decoder.start(
+            ctx, registry_text, processes=cfg.decoder.processes,
+            window=(cfg.decoder.max_age_s, cfg.decoder.max_ahead_s)),
                   after=("buffer", "commands")),
         ActorSpec("uplink", lambda ctx: Uplink.start(ctx, uplink_link(cfg), cfg.uplink, gw),
                   after=("buffer", "commands")),

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__, config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ServiceError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -48,9 +48,10 @@ def _decode(args: argparse.Namespace) -> int:
     from edge.codecs import registry as registry_mod
     from edge.codecs.dispatch import Dispatcher
     from edge.codecs.errors import CodecError
+    from edge.codecs.limits import safe_text
 
     def fail(message: str) -> int:
-        print(f"edge decode: {message}", file=sys.stderr)
+        print(f"edge decode: {safe_text(message, 4000)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     reg = registry_mod.Registry()
@@ -60,6 +61,8 @@ def _decode(args: argparse.Namespace) -> int:
                 reg = registry_mod.loads(f.read())
         except OSError as exc:
             return fail(f"cannot read registry {args.registry}: {exc.strerror}")
+        except UnicodeDecodeError as exc:
+            return fail(f"registry {args.registry} is not UTF-8 text: {exc}")
         except CodecError as exc:
             return fail(f"registry {args.registry}: {exc.message}")
     if args.payload == "-":
@@ -84,7 +87,7 @@ def _decode(args: argparse.Namespace) -> int:
     for record in result.records:
         print(json.dumps(record.to_json(), ensure_ascii=False))
     for error in result.errors:
-        print(f"edge decode: {error.describe()}", file=sys.stderr)
+        fail(error.describe())
     return EXIT_BAD_INPUT if result.errors else EXIT_OK
 
 
@@ -121,6 +124,11 @@ def _receiver(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_BAD_INPUT
     log.setup(cfg.log.level, cfg.log.format)
+    try:
+        app.preflight(cfg, "receiver")
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     store = SqliteStore(cfg.receiver.store_path, cfg.receiver.durability)
     try:
         return run_graph(app.receiver_specs(cfg, store), cfg)
@@ -143,16 +151,20 @@ def _server(args: argparse.Namespace) -> int:
     from edge.runtime import run_graph
 
     base = app.kafka_client_base(cfg)
-    ensure_topics(cfg.kafka, f"{base}-admin",
-                  [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
     store = None
-    if cfg.server.receiver:
-        store = KafkaStore(cfg.kafka, f"{base}-receiver")
     try:
+        app.preflight(cfg, "server")
+        ensure_topics(cfg.kafka, f"{base}-admin",
+                      [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
+        if cfg.server.receiver:
+            store = KafkaStore(cfg.kafka, f"{base}-receiver")
         return run_graph(app.server_specs(cfg, store), cfg)
     except ConfigError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ServiceError as exc:
+        print(f"edge server: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     finally:
         if store is not None:
             store.close()
@@ -164,7 +176,7 @@ def _migrate(cfg: config.Config) -> int:
     from edge import pg
 
     try:
-        with pg.connect(cfg.postgres, autocommit=True) as conn:
+        with pg.connect(cfg.postgres, autocommit=True, statement_timeout=False) as conn:
             applied = pg.migrate(conn)
             storage = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
     except psycopg.OperationalError as exc:
@@ -256,6 +268,7 @@ def _buffer(args: argparse.Namespace) -> int:
     import json
     import sqlite3
     import time
+    from pathlib import Path
 
     import msgpack
 
@@ -281,10 +294,22 @@ def _buffer(args: argparse.Namespace) -> int:
         sql = "SELECT seq, boot_epoch, priority, body, stored_at FROM records ORDER BY priority, seq"
         cursor = conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
         for seq, boot, priority, body, stored_at in cursor:
-            record = from_wire(msgpack.unpackb(body, raw=False))
-            doc = record.to_json()
             yield {"seq": seq, "boot_epoch": boot, "priority": priority, "stored_at": stored_at,
-                   "record": doc}
+                   "record": readable(body)}
+
+    def readable(body: bytes) -> dict:
+        try:
+            return from_wire(msgpack.unpackb(body, raw=False)).to_json()
+        except Exception as exc:  # noqa: BLE001 - a row of another version is shown, not fatal
+            return {"unreadable": repr(exc)[:200], "body_hex": body[:256].hex()}
+
+    def dead_letters():
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'dead_letters'").fetchone() is None:
+            return
+        for seq, boot, reason, dead_at, body in conn.execute(
+                "SELECT seq, boot_epoch, reason, dead_at, body FROM dead_letters ORDER BY seq"):
+            yield {"seq": seq, "boot_epoch": boot, "reason": reason, "dead_at": dead_at,
+                   "record": readable(body)}
 
     if args.action == "stats":
         meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -298,14 +323,20 @@ def _buffer(args: argparse.Namespace) -> int:
             "oldest_age_s": round(time.time() - oldest, 3) if oldest else 0.0,
             "boot_epoch": meta.get("boot_epoch"), "next_seq": meta.get("next_seq"),
             "dropped_total": meta.get("dropped_total", 0), "quota_bytes": cfg.buffer.quota_bytes,
-            "policy": cfg.buffer.policy}, indent=2))
+            "policy": cfg.buffer.policy, "dead_letters": sum(1 for _ in dead_letters())}, indent=2))
     elif args.action in ("peek", "export"):
         for doc in rows(args.limit if args.action == "peek" else None):
+            print(json.dumps(doc, ensure_ascii=False, default=str))
+    elif args.action == "dead":
+        for doc in dead_letters():
             print(json.dumps(doc, ensure_ascii=False, default=str))
     else:
         with conn:
             removed = conn.execute("DELETE FROM records").rowcount
-        print(json.dumps({"purged": removed, "path": path}))
+        size = Path(path).stat().st_size
+        conn.execute("VACUUM")  # give the space back to the file system (a full SD card) ...
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ... from the WAL too
+        print(json.dumps({"purged": removed, "path": path, "bytes_freed": size - Path(path).stat().st_size}))
     conn.close()
     return EXIT_OK
 
@@ -411,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
 
     buf = sub.add_parser("buffer", help="inspect the gateway's buffer (safe while it runs)")
-    buf.add_argument("action", choices=["stats", "peek", "export", "purge"])
+    buf.add_argument("action", choices=["stats", "peek", "export", "dead", "purge"],
+                     help="dead: the records that can never travel (too large for a frame), with why")
     buf.add_argument("--config", required=True, help="the gateway's config ([buffer] path)")
     buf.add_argument("--limit", type=int, default=10, help="records for peek (default 10)")
     buf.add_argument("--yes", action="store_true", help="confirm purge")

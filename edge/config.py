@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -72,6 +74,50 @@ def _check_non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def _check_topic_level(value: str) -> str | None:
+    """An id that is one MQTT topic level everywhere it goes (edge/<id>/up) and a Kafka
+    client id: no "/", "+", "#", "$" or spaces, at most 64 characters."""
+    if _TOPIC_LEVEL.match(value):
+        return None
+    return (f"must be 1 to 64 letters, digits, '-', '_' or '.' (one MQTT topic level), starting "
+            f"with a letter or digit, got {value!r}")
+
+
+def _check_group(value: str) -> str | None:
+    return None if value == "" or _TOPIC_LEVEL.match(value) else _check_topic_level(value)
+
+
+def _check_kafka_topic(value: str) -> str | None:
+    return None if _KAFKA_TOPIC.match(value) else \
+        f"must be a Kafka topic name (letters, digits, '.', '_', '-'; at most 200), got {value!r}"
+
+
+def _check_client_id(value: str) -> str | None:
+    if "\x00" in value or len(value.encode()) > 256 or any(c in value for c in "/+#"):
+        return f"must be at most 256 bytes without NUL, '/', '+' or '#', got {value[:80]!r}"
+    return None
+
+
+def _check_path(value: str) -> str | None:
+    if not value.strip() or "\x00" in value:
+        return "must be a file path"
+    if value.endswith("/"):
+        return f"must name a file, not a directory: {value!r}"
+    return None
+
+
+def _check_receive_maximum(value: int) -> str | None:
+    return None if 1 <= value <= 65_535 else f"must be 1 to 65535 (the MQTT field), got {value}"
+
+
+def _check_session_expiry(value: int) -> str | None:
+    return None if 1 <= value <= 2**32 - 1 else f"must be 1 to 4294967295 s (the MQTT field), got {value}"
+
+
 def _checked(default: Any, check: Callable[[Any], str | None]) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -80,7 +126,7 @@ def _checked(default: Any, check: Callable[[Any], str | None]) -> Any:
 class NodeConfig:
     """Who this process is. ``id`` names the gateway in topics (``edge/<id>/up``)."""
 
-    id: str = _checked("edge-1", _check_non_empty)
+    id: str = _checked("edge-1", _check_topic_level)
     role: Literal["gateway", "server"] = "gateway"
 
 
@@ -109,6 +155,9 @@ class SupervisionConfig:
     backoff_max_s: float = _checked(30.0, _check_non_negative)
     start_timeout_s: float = _checked(10.0, _check_positive)
     stop_timeout_s: float = _checked(10.0, _check_positive)
+    # An actor busy with one message for longer than this makes /healthz degraded (and is
+    # logged once): a database or broker that stopped answering, seen from outside.
+    stall_s: float = _checked(30.0, _check_positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +166,19 @@ class MqttConfig:
 
     host: str = "127.0.0.1"
     port: int = _checked(1883, _check_port)
-    client_id: str = ""
+    client_id: str = _checked("", _check_client_id)
     username: str = ""
     password: Secret = field(default_factory=Secret)
     tls: bool = False
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
-    keepalive_s: int = _checked(30, _check_positive)
+    keepalive_s: int = _checked(30, lambda v: None if 1 <= v <= 65_535 else
+                                f"must be 1 to 65535 (the MQTT field), got {v}")
+    # Reconnect backoff: paho doubles the wait from about reconnect_min_s (jittered up to
+    # twice that) to reconnect_max_s while the broker is away.
+    reconnect_min_s: float = _checked(0.5, _check_positive)
+    reconnect_max_s: float = _checked(10.0, _check_positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +193,22 @@ class KafkaConfig:
     sasl_username: str = ""
     sasl_password: Secret = field(default_factory=Secret)
     linger_ms: int = _checked(5, _check_non_negative)
+    # How long a client waits for the first answer of a broker: `edge server` exits 69 with
+    # one line when Kafka is not reachable within it at start.
+    connect_timeout_s: float = _checked(30.0, _check_positive)
+    # max.message.bytes of the topics the server creates (Kafka's default, 1 MiB, at least):
+    # every message edge produces is below half of it (edge.codecs.stream.MAX_MESSAGE).
+    max_message_bytes: int = _checked(1024 * 1024, lambda v: None if 1024 * 1024 <= v <= 64 * 1024**2
+                                      else f"must be 1048576 to 67108864 bytes, got {v}")
     compression: Literal["none", "gzip", "lz4", "zstd"] = "none"
     # A consumer that dies is replaced after this long. Long batches (a refused batch written
     # record by record) must stay well inside it.
     session_timeout_ms: int = _checked(30_000, _check_positive)
     partitions: int = _checked(6, _check_positive)  # topics the server creates at start
     replication_factor: int = _checked(1, _check_positive)
-    decoded_topic: str = _checked("decoded_iot_data", _check_non_empty)
-    raw_topic: str = _checked("raw_iot_data", _check_non_empty)
-    events_topic: str = _checked("device_events", _check_non_empty)
+    decoded_topic: str = _checked("decoded_iot_data", _check_kafka_topic)
+    raw_topic: str = _checked("raw_iot_data", _check_kafka_topic)
+    events_topic: str = _checked("device_events", _check_kafka_topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +220,11 @@ class PostgresConfig:
     dbname: str = "edge"
     user: str = "edge"
     password: Secret = field(default_factory=Secret)
+    connect_timeout_s: int = _checked(10, _check_positive)
+    # The server's statements are cancelled after this long (a lock held for good, a
+    # database that stopped making progress): the write is retried, never waited on forever.
+    # TCP keepalives and a user timeout also end a connection whose peer vanished.
+    statement_timeout_s: float = _checked(120.0, _check_positive)
 
 
 DAY_S = 86_400
@@ -172,13 +238,15 @@ class SourceConfig:
         "cmnd/#", "stat/#", "tele/#", "iot/+/telemetry", "iot/+/hello", "iot/+/status",
         "iot/+/command/ack", "iot/+/ota/status", "homelab/#",
     )
-    session_expiry_s: int = _checked(7 * DAY_S, _check_positive)
-    receive_maximum: int = _checked(1000, _check_positive)
+    session_expiry_s: int = _checked(7 * DAY_S, _check_session_expiry)
+    receive_maximum: int = _checked(1000, _check_receive_maximum)
     batch_max: int = _checked(500, _check_positive)
+    batch_bytes: int = _checked(1024 * 1024, _check_positive)
     batch_ms: float = _checked(5.0, _check_positive)
     ack_timeout_s: float = _checked(30.0, _check_positive)
-    reconnect_min_s: float = _checked(0.5, _check_positive)
-    reconnect_max_s: float = _checked(30.0, _check_positive)
+    # A full buffer (policy reject): the source reads nothing until the buffer has room,
+    # or at the latest after a backoff doubling from 1 s to this.
+    full_backoff_max_s: float = _checked(30.0, _check_positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +259,12 @@ class DecoderConfig:
 
     registry: str = "/etc/edge/registry.toml"
     processes: int = _checked(0, _check_non_negative)
+    # The plausibility window of a device's time around when the gateway received the
+    # message (0: open on that side). Outside it a record is quarantined implausible_time:
+    # a meter without a clock sending 1970, or one whose clock ran off. Mind the gateway's
+    # own clock: a Pi without RTC may run behind until NTP sets it.
+    max_age_s: float = _checked(366 * DAY_S, _check_non_negative)
+    max_ahead_s: float = _checked(DAY_S, _check_non_negative)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +282,7 @@ class BufferConfig:
     than that (by wall clock, which jumps on a Pi at boot: off by default).
     """
 
-    path: str = "/var/lib/edge/buffer.db"
+    path: str = _checked("/var/lib/edge/buffer.db", _check_path)
     durability: Literal["power-safe", "crash-safe"] = "power-safe"
     quota_bytes: int = _checked(1024**3, _check_positive)
     policy: Literal["reject", "drop-oldest"] = "reject"
@@ -222,14 +296,18 @@ class UplinkConfig:
     the single-node store at ``store_path``."""
 
     mode: Literal["mqtt", "local"] = "mqtt"
-    store_path: str = "/var/lib/edge/store.db"
+    store_path: str = _checked("/var/lib/edge/store.db", _check_path)
     batch_records: int = _checked(500, _check_positive)
+    # Bytes of records in one frame at most: below the central broker's packet limit and
+    # Kafka's message size (a frame the server refuses is kept whole in a dead letter).
+    max_frame_bytes: int = _checked(512 * 1024, lambda v: None if 64 * 1024 <= v <= 4 * 1024**2 else
+                                    f"must be 65536 to 4194304 bytes, got {v}")
     window: int = _checked(16, _check_positive)
     confirm_timeout_s: float = _checked(15.0, _check_positive)
     max_records_per_s: float = _checked(0.0, _check_non_negative)  # 0: no bound
     heartbeat_s: float = _checked(30.0, _check_positive)
     compress: bool = False
-    session_expiry_s: int = _checked(7 * DAY_S, _check_positive)
+    session_expiry_s: int = _checked(7 * DAY_S, _check_session_expiry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +316,7 @@ class CommandsConfig:
     their deadline. A device is offline after ``offline_after_s`` without a message
     (protocols.md: 2 x max(send interval, hello interval))."""
 
-    path: str = "/var/lib/edge/commands.db"
+    path: str = _checked("/var/lib/edge/commands.db", _check_path)
     offline_after_s: float = _checked(60.0, _check_positive)
 
 
@@ -246,8 +324,8 @@ class CommandsConfig:
 class ReceiverConfig:
     """[receiver] The server's end of the uplink: shared subscription, single-node store."""
 
-    share_group: str = "edge-receivers"
-    store_path: str = "/var/lib/edge/store.db"
+    share_group: str = _checked("edge-receivers", _check_topic_level)
+    store_path: str = _checked("/var/lib/edge/store.db", _check_path)
     durability: Literal["power-safe", "crash-safe"] = "power-safe"
 
 
@@ -256,6 +334,8 @@ def _check_mappings(value: tuple[str, ...]) -> str | None:
         filt, arrow, topic = item.partition("->")
         if not arrow or not filt.strip() or not topic.strip():
             return f'each mapping is "<mqtt topic filter> -> <kafka topic>", got {item!r}'
+        if problem := _check_kafka_topic(topic.strip()):
+            return f"{item!r}: the Kafka topic {problem}"
     return None
 
 
@@ -282,20 +362,22 @@ class BridgeConfig:
         "homelab/heatpump/# -> homelab.heatpump",
         "homelab/temperature/# -> homelab.temperature",
     ), _check_mappings)
-    share_group: str = "edge-bridges"  # "" for a plain (unshared) subscription
-    session_expiry_s: int = _checked(7 * 86_400, _check_positive)
-    receive_maximum: int = _checked(1000, _check_positive)
+    share_group: str = _checked("edge-bridges", _check_group)  # "" for a plain (unshared) subscription
+    session_expiry_s: int = _checked(7 * 86_400, _check_session_expiry)
+    receive_maximum: int = _checked(1000, _check_receive_maximum)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamDecoderConfig:
     """The server's decoder: raw topics -> decoded_iot_data, with the registry in PostgreSQL."""
 
-    group: str = "edge-decoder"
+    group: str = _checked("edge-decoder", _check_topic_level)
     topics: tuple[str, ...] = ("raw_iot_data", "homelab.energy", "homelab.heatpump",
                                "homelab.temperature")
     registry_refresh_s: float = _checked(30.0, _check_positive)
     batch_max: int = _checked(2000, _check_positive)
+    max_age_s: float = _checked(366 * DAY_S, _check_non_negative)  # as [decoder]'s
+    max_ahead_s: float = _checked(DAY_S, _check_non_negative)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +386,7 @@ class SinkConfig:
     written at once, each in its own transaction on its own connection (offsets are still
     committed in order); 1 writes one batch at a time."""
 
-    group: str = "edge-sink"
+    group: str = _checked("edge-sink", _check_topic_level)
     batch_rows: int = _checked(10_000, _check_positive)
     batch_ms: float = _checked(500.0, _check_positive)
     writers: int = _checked(2, _check_positive)
@@ -336,6 +418,9 @@ class Config:
 
 
 ENV_PREFIX = "EDGE_"
+# Numbers beyond this are refused: a duration of 1e300 s (or inf) overflows the waits that
+# use it; ten years is longer than anything here needs.
+MAX_NUMBER = 10 * 366 * 86_400
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -442,10 +527,16 @@ def _coerce(hint: Any, value: Any) -> tuple[Any, str | None]:
         return (value, None) if isinstance(value, bool) else (None, _expected("a boolean", value))
     if hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > 2**62:
+            return None, f"must be at most {2**62}, got {value}"
         return (value, None) if ok else (None, _expected("an integer", value))
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return (float(value), None) if ok else (None, _expected("a number", value))
+        if not ok:
+            return None, _expected("a number", value)
+        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            return None, f"must be a finite number of at most {MAX_NUMBER:g}, got {value!r}"
+        return float(value), None
     if hint is str:
         return (value, None) if isinstance(value, str) else (None, _expected("a string", value))
     raise TypeError(f"config loader cannot handle type {hint!r}")  # a bug in a section

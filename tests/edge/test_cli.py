@@ -60,3 +60,17 @@ def test_version():
     from edge import __version__
 
     assert edge("version").stdout.strip() == f"edge {__version__}"
+
+
+@pytest.mark.parametrize("sections, says", [
+    ('[decoder]\nregistry = "/bin/ls"\n', "decoder.registry: /bin/ls is not UTF-8 text"),
+    ('[decoder]\nregistry = "REG"\n[buffer]\npath = "/proc/edge/buffer.db"\n', "buffer.path: cannot create or write /proc/edge/buffer.db"),
+    ('[decoder]\nregistry = "REG"\n[buffer]\npath = "TMP"\n', "buffer.path: TMP is a directory"),
+])
+def test_a_gateway_that_cannot_run_with_its_config_says_why_in_one_message_and_exits_2(tmp_path, sections, says):
+    sections = sections.replace("REG", str(REPO / "fixtures" / "registry.toml")).replace("TMP", str(tmp_path))
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[metrics]\nenabled = false\n[commands]\npath = "{tmp_path}/c.db"\n' + sections)
+    result = edge("gateway", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert says.replace("TMP", str(tmp_path)) in result.stderr and "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import logging
 from pathlib import Path
 
@@ -101,6 +102,57 @@ def test_environment_variables_override_secrets_only():
 def test_dump_is_toml_that_loads_back_to_the_same_config():
     import tomllib
 
-    cfg = config.from_mapping({"node": {"id": 'gw "quoted"'}, "kafka": {"bootstrap_servers": ["a:1", "b:2"]}})
+    cfg = config.from_mapping({"central_broker": {"username": 'gw "quoted"'},
+                               "kafka": {"bootstrap_servers": ["a:1", "b:2"]}})
     again = config.from_mapping(tomllib.loads(config.dump(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("node", "id", "site/01", "one MQTT topic level"),
+    ("node", "id", "+", "one MQTT topic level"),
+    ("node", "id", "a" * 300, "one MQTT topic level"),
+    ("node", "id", "$SYS", "one MQTT topic level"),
+    ("central_broker", "reconnect_max_s", float("inf"), "finite number"),
+    ("supervision", "stop_timeout_s", float("inf"), "finite number"),
+    ("supervision", "stop_timeout_s", float("nan"), "finite number"),
+    ("uplink", "confirm_timeout_s", 1e300, "finite number of at most"),
+    ("source", "receive_maximum", 70_000, "1 to 65535"),
+    ("site_broker", "keepalive_s", 100_000, "1 to 65535"),
+    ("source", "session_expiry_s", 2**40, "4294967295"),
+    ("buffer", "path", "", "file path"),
+    ("buffer", "path", "/var/lib/edge/", "not a directory"),
+    ("receiver", "share_group", "a/b", "one MQTT topic level"),
+    ("kafka", "raw_topic", "raw topic", "Kafka topic name"),
+    ("bridge", "mappings", ["cmnd/# -> no such/topic"], "Kafka topic"),
+    ("uplink", "max_frame_bytes", 100 * 1024**2, "65536 to 4194304"),
+    ("kafka", "max_message_bytes", 1000, "1048576 to"),
+])
+def test_values_the_runtime_cannot_run_with_are_refused_with_their_path(section, key, value, says):
+    with pytest.raises(ConfigError) as info:
+        config.from_mapping({section: {key: value}})
+    (problem,) = info.value.problems
+    assert problem.path == f"{section}.{key}" and says in problem.message, problem
+
+
+def test_paths_and_tls_files_are_checked_on_the_machine_before_anything_starts(tmp_path):
+    from edge import app
+
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    cfg = config.from_mapping({
+        "buffer": {"path": str(readonly / "sub" / "buffer.db")},
+        "commands": {"path": str(tmp_path)},
+        "site_broker": {"tls": True, "ca_file": str(tmp_path / "missing.crt")},
+    })
+    with pytest.raises(ConfigError) as info:
+        app.preflight(cfg, "gateway")
+    paths = {p.path: p.message for p in info.value.problems}
+    if os.getuid() != 0:  # root writes anywhere
+        assert "cannot create or write" in paths.pop("buffer.path")
+    paths.pop("buffer.path", None)
+    assert paths == {"commands.path": f"{tmp_path} is a directory",
+                     "site_broker.ca_file": f"{tmp_path / 'missing.crt'} is missing or not readable"}
+    app.preflight(config.from_mapping({"buffer": {"path": str(tmp_path / "a" / "b.db")},
+                                       "commands": {"path": str(tmp_path / "c.db")}}), "gateway")
