@@ -27,7 +27,7 @@ from edge.codecs import stream
 from edge.codecs.dispatch import topic_matches
 from edge.config import BridgeConfig, KafkaConfig, MqttConfig
 from edge.kafka_io import Delivery, producer
-from edge.mqtt import ack_many, connect_properties, jittered_backoff, make_client
+from edge.mqtt import Session, ack_many
 
 _log = log.get(__name__)
 
@@ -53,6 +53,7 @@ class DirectBridge(EdgeActor):
         super().__init__(ctx)
         self.broker, self.kafka, self.cfg, self.client_id = broker, kafka, cfg, client_id
         self.mappings = parse_mappings(cfg.mappings)
+        self.session: Session | None = None
         self.client: mqtt.Client | None = None
         self.delivery: Delivery | None = None
         self.lock = threading.Lock()
@@ -60,36 +61,26 @@ class DirectBridge(EdgeActor):
         self.origin = f"{broker.host}:{broker.port}"
 
     def on_start(self) -> None:
-        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"))
-        client = make_client(self.broker, self.client_id, manual_ack=True)
-        jittered_backoff(client, 0.5, 30)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                             clean_start=False,
-                             properties=connect_properties(self.cfg.session_expiry_s,
-                                                           self.cfg.receive_maximum))
-        client.loop_start()
-        self.client = client
+        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"), name="bridge")
+        share = f"$share/{self.cfg.share_group}/" if self.cfg.share_group else ""
+        self.session = Session(
+            self.broker, self.client_id, "central broker (bridge)", manual_ack=True,
+            session_expiry_s=self.cfg.session_expiry_s, receive_maximum=self.cfg.receive_maximum,
+            subscriptions=[(share + f, 1) for f, _ in self.mappings],
+            retain_once=not share,  # shared subscriptions get no retained messages anyway
+            on_message=self._on_message)
+        self.client = self.session.client
+        self.session.start()
 
     def close(self) -> None:
         if self.delivery is not None:
             self.delivery.stopping.set()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+        if self.session is not None:
+            self.session.stop()
+            self.session = self.client = None
         if self.delivery is not None:
             self.delivery.close()
             self.delivery = None
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            return
-        share = f"$share/{self.cfg.share_group}/" if self.cfg.share_group else ""
-        client.subscribe([(share + f, mqtt.SubscribeOptions(qos=1)) for f, _ in self.mappings])
-        _log.info("bridge_connected", broker=self.origin, filters=[f for f, _ in self.mappings])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self.lock:

@@ -13,8 +13,16 @@ class keeps leased rows from being leased twice; ``Rewind`` (an uplink that lost
 window) starts again from the oldest unconfirmed row.
 
 Quota: ``reject`` leaves a batch that does not fit uncommitted (the source does not ack
-it; the broker keeps it and redelivers it later); ``drop-oldest`` deletes the oldest
-telemetry, counts it, and stores a gap record (class 0) naming the dropped sequences.
+it; the broker keeps it and redelivers it later) and tells the source the buffer is
+full; once confirmations have freed a tenth of the quota it tells the source there is
+``Room`` again. A batch larger than the whole quota is stored when the buffer is empty
+(the quota is then exceeded by that one batch): nothing can ever block ingest for good.
+``drop-oldest`` deletes the oldest telemetry, counts it, and stores a gap record (class 0)
+naming the dropped sequences.
+
+Leases are bounded by records and by bytes (the uplink's frame limit); a row too large for
+any frame (a record stored by an older version) is moved to ``dead_letters`` with the
+reason instead of stopping the uplink.
 
 A corrupt database is found at start by ``PRAGMA integrity_check``, moved aside with a
 timestamped name, reported, and replaced by a new one: never silently deleted.
@@ -37,10 +45,11 @@ from prometheus_client import Counter, Gauge
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
+from edge.health import CONDITIONS
 from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.codecs.records import Gap
 from edge.codecs.uplink import to_wire
-from edge.sqlite_rows import insert_rows
+from edge.sqlite_rows import immediate, insert_rows
 
 _log = log.get(__name__)
 
@@ -57,6 +66,8 @@ BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
 OLDEST = Gauge("edge_buffer_oldest_record_timestamp_seconds",
                "When the oldest waiting record was stored (Unix time; 0 when empty)")
 CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at start and moved aside")
+DEAD = Counter("edge_buffer_records_dead_lettered", "Records moved to the buffer's dead letters", ["reason"])
+FULL = Gauge("edge_buffer_full", "1 while the quota is reached with policy reject: ingest paused")
 
 
 # ----------------------------------------------------------------------------- messages
@@ -106,15 +117,32 @@ class Committed:
 @dataclass(frozen=True, slots=True)
 class Refused:
     """To the source: a batch of this generation was not stored (quota, or a hole before
-    it); reconnect so the broker redelivers what is unacked."""
+    it); reconnect so the broker redelivers what is unacked. ``full``: the quota (policy
+    reject): stay away until ``Room``."""
 
     generation: int
     reason: str
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """To the source: the buffer that was full has room again."""
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
     max_records: int
+    max_bytes: int = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """From the uplink: these rows can never travel (too large for a frame, refused by
+    the server for good); keep them apart with the reason, out of the queue."""
+
+    seqs: tuple[int, ...]
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +253,9 @@ class BufferDB:
             db["seq_state"].create({"device_id": str, "last_seq": int, "boot_ts": str},
                                    pk="device_id", if_not_exists=True)
             self._set_meta(schema_version=SCHEMA_VERSION)
+        db["dead_letters"].create({"seq": int, "boot_epoch": int, "priority": int, "body": bytes,
+                                   "stored_at": float, "reason": str, "dead_at": float},
+                                  pk="seq", if_not_exists=True)
 
     def _set_meta(self, **values: int) -> None:
         insert_rows(self.conn, "INSERT OR REPLACE INTO meta (key, value)", list(values.items()))
@@ -261,9 +292,14 @@ class BufferDB:
         dropped: tuple[int, int, int, int] | None = None
         if self.bytes + incoming > self.quota_bytes:
             if self.policy == "reject":
-                REJECTED.inc()
-                return False
-            dropped = self._drop_oldest(self.bytes + incoming - self.quota_bytes)
+                if self.depth or incoming <= self.quota_bytes:
+                    REJECTED.inc()
+                    return False
+                # Larger than the whole quota, and nothing to wait for: store it, or it
+                # would block ingest for good.
+                _log.warning("buffer_batch_exceeds_quota", bytes=incoming, quota_bytes=self.quota_bytes)
+            else:
+                dropped = self._drop_oldest(self.bytes + incoming - self.quota_bytes)
         now = self.clock()
         rows = []
         seq = self.next_seq
@@ -276,8 +312,7 @@ class BufferDB:
             rows.append((seq, epoch, priority, body, len(body) + ROW_OVERHEAD, now))
             seq += 1
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             if dropped is not None:
                 first, last, count, _ = dropped
                 conn.execute("DELETE FROM records WHERE priority = ? AND seq BETWEEN ? AND ?",
@@ -292,10 +327,6 @@ class BufferDB:
                 self._set_meta(source_generation=generation, source_batch=batch, next_seq=seq)
             else:
                 self._set_meta(next_seq=seq)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         COMMITS.inc()
         self.next_seq = seq
         if generation is not None and batch is not None:
@@ -354,18 +385,13 @@ class BufferDB:
         gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
         seq = self.next_seq
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ? AND seq > ?",
                          (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY]))
             conn.execute("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
                          (seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
             self._set_meta(next_seq=seq + 1, dropped_total=self.dropped_total + count)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self.next_seq = seq + 1
         self.dropped_total += count
         self.depth += 1 - count
@@ -376,16 +402,22 @@ class BufferDB:
         return count
 
     # -- leasing
-    def lease(self, max_records: int) -> Leased | None:
-        """The oldest unleased rows, class 0 first; all of one boot epoch."""
+    def lease(self, max_records: int, max_bytes: int = 1 << 62) -> Leased | None:
+        """The oldest unleased rows, class 0 first; all of one boot epoch; at most
+        ``max_bytes`` of bodies (at least one row, whatever its size)."""
         rows: list[tuple[int, int, bytes, int]] = []
+        size = 0
         for priority in (PRIORITY_HIGH, PRIORITY_TELEMETRY):
             need = max_records - len(rows)
-            if need <= 0:
+            if need <= 0 or size >= max_bytes:
                 break
-            rows += [(seq, boot, body, priority) for seq, boot, body in self.conn.execute(
-                "SELECT seq, boot_epoch, body FROM records WHERE priority = ? AND seq > ? "
-                "ORDER BY seq LIMIT ?", (priority, self.cursor[priority], need))]
+            for seq, boot, body in self.conn.execute(
+                    "SELECT seq, boot_epoch, body FROM records WHERE priority = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?", (priority, self.cursor[priority], need)):
+                if rows and size + len(body) > max_bytes:
+                    break
+                rows.append((seq, boot, body, priority))
+                size += len(body)
         if not rows:
             return None
         boot = min(rows)[1]
@@ -394,23 +426,40 @@ class BufferDB:
             self.cursor[priority] = max(self.cursor[priority], seq)
         return Leased(boot, tuple(r[0] for r in rows), tuple(r[2] for r in rows))
 
+    def dead_letter(self, seqs: tuple[int, ...], reason: str) -> int:
+        """Move rows that can never travel to ``dead_letters`` (kept, with the reason)."""
+        now = self.clock()
+        conn = self.conn
+        with immediate(conn):
+            moved: list[int] = []
+            for chunk in range(0, len(seqs), 500):
+                part = seqs[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                conn.execute(f"INSERT OR REPLACE INTO dead_letters (seq, boot_epoch, priority, body, "
+                             f"stored_at, reason, dead_at) SELECT seq, boot_epoch, priority, body, "
+                             f"stored_at, ?, ? FROM records WHERE seq IN ({marks})", (reason, now, *part))
+                moved += [r[0] for r in conn.execute(
+                    f"DELETE FROM records WHERE seq IN ({marks}) RETURNING size", part)]
+        self.depth -= len(moved)
+        self.bytes -= sum(moved)
+        DEAD.labels(reason).inc(len(moved))
+        self._publish()
+        _log.error("buffer_dead_lettered", records=len(moved), reason=reason,
+                   detail="kept in the buffer's dead_letters table (edge buffer dead)")
+        return len(moved)
+
     def rewind(self) -> None:
         self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
 
     def confirm(self, seqs: tuple[int, ...]) -> int:
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             sizes: list[int] = []
             for chunk in range(0, len(seqs), 500):
                 part = seqs[chunk:chunk + 500]
                 sizes += [r[0] for r in conn.execute(
                     f"DELETE FROM records WHERE seq IN ({','.join('?' * len(part))}) RETURNING size",
                     part)]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self.depth -= len(sizes)
         self.bytes -= sum(sizes)
         CONFIRMED.inc(len(sizes))
@@ -452,7 +501,8 @@ class Buffer(EdgeActor):
         self.next_expiry = 0.0
         self.source, self.uplink = source, uplink
         self.db: BufferDB | None = None
-        self.waiting: int | None = None  # a lease request we could not answer yet
+        self.waiting: LeaseRequest | None = None  # a lease request we could not answer yet
+        self.full = False  # refused a batch for the quota; the source waits for Room
 
     def on_start(self) -> None:
         self.db = BufferDB(*self.args)
@@ -462,6 +512,8 @@ class Buffer(EdgeActor):
         if self.db is not None:
             self.db.close()
             self.db = None
+        CONDITIONS.clear("buffer")
+        FULL.set(0)
 
     def handle(self, message: Any) -> Any:
         db = self.db
@@ -472,14 +524,19 @@ class Buffer(EdgeActor):
         match message:
             case Store(entries, mids, generation, batch, seq_state):
                 problem = db.check_order(generation, batch)
+                full = False
                 if problem is None and not db.store(entries, seq_state, generation, batch):
                     problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
+                    full = True
                 if problem is not None:
                     if generation not in db.refused_generations:
-                        _log.warning("buffer_refused_batch", generation=generation, batch=batch,
-                                     reason=problem)
+                        if full:
+                            self._filled(problem)
+                        else:
+                            _log.warning("buffer_refused_batch", generation=generation, batch=batch,
+                                         reason=problem)
                         db.refuse(generation)
-                        self.send(self.source, Refused(generation, problem))
+                        self.send(self.source, Refused(generation, problem, full))
                     return None
                 self.send(self.source, Committed(mids, generation, batch))
                 if self.waiting is not None:
@@ -489,10 +546,16 @@ class Buffer(EdgeActor):
                     _log.error("buffer_full_local_records_lost", records=len(entries))
                 elif self.waiting is not None:
                     self._lease(self.waiting)
-            case LeaseRequest(max_records):
-                self._lease(max_records)
+            case LeaseRequest():
+                self._lease(message)
             case Confirm(seqs):
                 db.confirm(seqs)
+                if self.full and db.bytes <= db.quota_bytes * 0.9:
+                    self._room()
+            case DeadLetter(seqs, reason):
+                db.dead_letter(seqs, reason)
+                if self.full and db.bytes <= db.quota_bytes * 0.9:
+                    self._room()
             case Rewind():
                 db.rewind()
             case GetStats():
@@ -506,14 +569,25 @@ class Buffer(EdgeActor):
                 raise TypeError(f"buffer got an unknown message {message!r}")
         return None
 
-    def _lease(self, max_records: int) -> None:
+    def _lease(self, request: LeaseRequest) -> None:
         assert self.db is not None
-        leased = self.db.lease(max_records)
+        leased = self.db.lease(request.max_records, request.max_bytes)
         if leased is None:
-            self.waiting = max_records
+            self.waiting = request
             return
         self.waiting = None
         self.send(self.uplink, leased)
+
+    def _filled(self, problem: str) -> None:
+        self.full = True
+        FULL.set(1)
+        CONDITIONS.problem("buffer", f"{problem}: ingest paused until the uplink drains it")
+
+    def _room(self) -> None:
+        self.full = False
+        FULL.set(0)
+        CONDITIONS.clear("buffer")
+        self.send(self.source, Room())
 
     def health(self) -> dict[str, Any]:
         return {"state": "running", **(self.db.stats() if self.db else {})}

@@ -40,7 +40,7 @@ from edge.actors.buffer import PRIORITY_HIGH, Entry, StoreLocal
 from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
-from edge.mqtt import jittered_backoff, make_client
+from edge.mqtt import Session
 
 _log = log.get(__name__)
 
@@ -89,6 +89,7 @@ class CommandRouter(EdgeActor):
         self.offline_after_s, self.buffer = offline_after_s, buffer
         self.presence: dict[str, tuple[float, str | None]] = {}
         self.conn: sqlite3.Connection | None = None
+        self.session: Session | None = None
         self.client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.stop_ticker = threading.Event()
@@ -103,23 +104,20 @@ class CommandRouter(EdgeActor):
             "CREATE TABLE IF NOT EXISTS commands (cmd_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
             "deadline REAL NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
             "state TEXT NOT NULL, received_at REAL NOT NULL, delivered_at REAL, result TEXT)")
-        client = make_client(self.broker, self.client_id)
-        jittered_backoff(client, 0.5, 30)
-        client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self.connected.set()
-        client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s)
-        client.loop_start()
-        self.client = client
+        self.session = Session(self.broker, self.client_id, "site broker (commands)",
+                               on_connect=lambda flags: self.connected.set(),
+                               on_disconnect=lambda reason: self.connected.clear())
+        self.client = self.session.client
+        self.session.start()
         self.pending = self.conn.execute("SELECT count(*) FROM commands WHERE state = 'pending'").fetchone()[0]
         threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
         self._publish_gauges()
 
     def close(self) -> None:
         self.stop_ticker.set()
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+        if self.session is not None:
+            self.session.stop()
+            self.session = self.client = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None

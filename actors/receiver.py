@@ -1,17 +1,31 @@
 """UplinkReceiver: the server's end of the uplink.
 
 Subscribes to ``$share/<group>/edge/+/up`` (an MQTT v5 shared subscription: several
-receivers share the gateways' load), checks each frame, hands its records to the store,
-and only when the store has them durably acks the MQTT message and publishes the
-confirmation on ``edge/<gateway>/ack``. A frame that cannot be read (bad CRC, truncated,
-another version, a gateway id that does not match its topic) is kept in the store's
-rejected frames with the reason, counted, acked (so it is not redelivered forever) and
-not confirmed: the gateway sends it again from its buffer.
+receivers share the gateways' load), checks each frame and every record in it
+(``edge.codecs.uplink``: what it returns the store can take), hands the records to the
+store, and only when the store has them durably acks the MQTT message and publishes the
+confirmation on ``edge/<gateway>/ack``.
+
+A frame that cannot be taken is kept in the store's rejected frames (a dead letter, its
+size bounded) with the reason, counted and acked, so it is not redelivered forever:
+
+- when its CRC held (the header is the gateway's own, and every resend would be refused
+  the same way: a record of the wrong type, a body that does not unpack), the gateway is
+  answered ``{"status": "rejected", "reason": ...}`` and deletes the frame: the chain
+  moves on;
+- otherwise (corrupt, truncated, another version, a gateway id that does not match its
+  topic) nothing is answered: the gateway sends it again from its buffer.
+
+On every connect the receiver publishes a retained ``online`` on
+``edge/receivers/<client id>/status`` (its Last Will says ``offline``): gateways resend
+what is unconfirmed at once, instead of after their confirmation timeout.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +37,8 @@ from edge.actor import ActorContext, EdgeActor
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
-from edge.mqtt import connect_properties, jittered_backoff, make_client
-from edge.store import RecordStore, confirmation
+from edge.mqtt import Session
+from edge.store import RecordStore, confirmation, refusal
 
 _log = log.get(__name__)
 
@@ -44,31 +58,36 @@ class UplinkReceiver(EdgeActor):
                  store: RecordStore, client_id: str) -> None:
         super().__init__(ctx)
         self.broker, self.cfg, self.store, self.client_id = broker, cfg, store, client_id
+        self.session: Session | None = None
         self.client: mqtt.Client | None = None
         self.lock = threading.Lock()
         self.pending: list[tuple[int, str, bytes]] = []
+        self.status_topic = f"edge/receivers/{client_id}/status"
 
     def on_start(self) -> None:
-        client = make_client(self.broker, self.client_id, manual_ack=True)
-        jittered_backoff(client, 0.5, 30)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                             clean_start=False, properties=connect_properties(7 * 86_400, 100))
-        client.loop_start()
-        self.client = client
+        self.session = Session(
+            self.broker, self.client_id, "central broker (receiver)", manual_ack=True,
+            session_expiry_s=7 * 86_400, receive_maximum=100,
+            subscriptions=[(f"$share/{self.cfg.share_group}/edge/+/up", 1)],
+            on_message=self._on_message, on_connect=self._on_connect,
+            will=(self.status_topic, self._status("offline")))
+        self.client = self.session.client
+        self.session.start()
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self.client = None
+        if self.session is not None:
+            if self.session.is_connected():
+                self.session.client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            self.session.stop()
+            self.session = self.client = None
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe(f"$share/{self.cfg.share_group}/edge/+/up", qos=1)
-            _log.info("receiver_connected", host=self.broker.host, group=self.cfg.share_group)
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"status": state, "receiver": self.client_id, "ts": time.time()}).encode()
+
+    def _on_connect(self, flags: Any) -> None:
+        assert self.client is not None
+        self.client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        _log.info("receiver_connected", host=self.broker.host, group=self.cfg.share_group)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -101,9 +120,14 @@ class UplinkReceiver(EdgeActor):
                                            reason="gateway_mismatch", field="gateway")
             except UplinkFrameError as exc:
                 REJECTED.labels(exc.reason).inc()
-                _log.warning("frame_rejected", topic=topic, reason=exc.reason, detail=exc.describe())
-                self.store.reject(topic, payload, exc.reason, exc.describe())
+                final = exc.frame is not None and exc.frame[0] == gateway
+                _log.warning("frame_rejected", topic=topic, reason=exc.reason, detail=exc.describe()[:500],
+                             answered=final)
+                self.store.reject(topic, payload, exc.reason, exc.describe())  # durable: a dead letter
                 self.client.ack(mid, 1)
+                if final:
+                    assert exc.frame is not None
+                    self.client.publish(f"edge/{gateway}/ack", refusal(*exc.frame[1:], exc), qos=1)
                 continue
             good.append((mid, gateway, batch))
         if not good:

@@ -8,15 +8,18 @@ that in CONNECT, and the source enforces it too: Mosquitto 2.0.11 (Debian bookwo
 sends past a client's Receive Maximum while acks come in (eclipse-mosquitto/mosquitto
 #2301; seen here: 41,000 unacked at a receive maximum of 50), so at the limit paho's
 network thread waits for commits, and TCP holds the rest back in the broker. Messages are
-handed on in batches: at ``batch_max``, or every ``batch_ms`` while fewer than
-``IN_FLIGHT`` batches wait for their commit (a busy buffer gets bigger batches, so fewer
-fsyncs; an idle one gets every message within ``batch_ms``).
+handed on in batches: at ``batch_max`` messages or ``batch_bytes`` of payload, or every
+``batch_ms`` while fewer than ``IN_FLIGHT`` batches wait for their commit (a busy buffer
+gets bigger batches, so fewer fsyncs; an idle one gets every message within ``batch_ms``).
 
 The ack chain: a batch goes to the decoder numbered (generation, batch); the buffer
 answers ``Committed`` and the source acks those ids, in order. When the buffer answers
-``Refused`` (quota, or a batch went missing in a crash), or a batch stays unacked longer
-than ``ack_timeout_s``, the source reconnects: the broker then redelivers everything
-unacked, in order, and nothing is lost.
+``Refused`` (a batch went missing in a crash), or a batch stays unacked longer than
+``ack_timeout_s``, the source reconnects: the broker then redelivers everything unacked,
+in order, and nothing is lost. When it is refused because the buffer is full (quota,
+policy ``reject``), the source disconnects and stays away, reading nothing, until the
+buffer says it has ``Room`` again, or at the latest after a backoff (doubling to
+``full_backoff_max_s``): a full buffer does not cost a core re-reading the same messages.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from prometheus_client import Counter, Gauge
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
-from edge.actors.buffer import Committed, Refused
+from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
-from edge.mqtt import ack_many, connect_properties, jittered_backoff, make_client
+from edge.mqtt import Session, ack_many
 
 _log = log.get(__name__)
 
@@ -58,6 +61,11 @@ class _Reconnect:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    reason: str
+
+
 class MqttSource(EdgeActor):
     def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: SourceConfig,
                  client_id: str, decoder: str = "decoder") -> None:
@@ -68,10 +76,14 @@ class MqttSource(EdgeActor):
         self.held = 0  # received on this connection, not acked yet
         self.releasing = False  # a disconnect is under way: paho's thread must not wait
         self.pending: list[tuple[int, str, bytes, float]] = []
+        self.pending_bytes = 0
         self.outstanding: dict[int, tuple[float, int]] = {}  # batch -> (sent at, messages)
         self.generation = 0
         self.batch = 0
+        self.session: Session | None = None
         self.client: mqtt.Client | None = None
+        self.reconnect_at: float | None = None  # away on purpose (full buffer) until then
+        self.full_backoff = 0.0
         self.stop_ticker = threading.Event()
         # topic -> the counter of the first filter it matches (no subscription identifiers:
         # paho decodes a PUBLISH that carries one at twice the cost)
@@ -92,6 +104,7 @@ class MqttSource(EdgeActor):
         self.batch = 0
         self._count(tuple(self.pending))  # received, though never handed on
         self.pending.clear()
+        self.pending_bytes = 0
         UNACKED.dec(sum(n for _, n in self.outstanding.values()))
         self.outstanding.clear()
         self.held = 0
@@ -102,56 +115,45 @@ class MqttSource(EdgeActor):
             self._new_generation_locked()
             self.reconnect_requested = False
             self.releasing = False
-        client = make_client(self.broker, self.client_id, manual_ack=True)
-        jittered_backoff(client, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                             clean_start=False,
-                             properties=connect_properties(self.cfg.session_expiry_s,
-                                                           self.cfg.receive_maximum))
-        client.loop_start()
-        self.client = client
+        self.session = Session(
+            self.broker, self.client_id, "site broker", manual_ack=True,
+            session_expiry_s=self.cfg.session_expiry_s, receive_maximum=self.cfg.receive_maximum,
+            subscriptions=[(topic, 1) for topic in self.cfg.topics], retain_once=True,
+            on_message=self._on_message, on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+        self.client = self.session.client
+        self.session.start()
 
     def _disconnect(self) -> None:
         with self.lock:
             self.releasing = True  # free paho's thread if it waits for room: loop_stop joins it
             self.room.notify_all()
-        client, self.client = self.client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
+        session, self.session, self.client = self.session, None, None
+        if session is not None:
+            session.stop()
             CONNECTED.set(0)
 
     # -- paho's thread
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            _log.warning("source_connect_failed", reason=str(reason))
-            return
+    def _on_connect(self, flags: Any) -> None:
         CONNECTED.set(1)
         _log.info("source_connected", host=self.broker.host, port=self.broker.port,
                   session_present=flags.session_present, generation=self.generation)
-        for topic in self.cfg.topics:
-            client.subscribe(topic, qos=1)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(self, reason: Any) -> None:
         CONNECTED.set(0)
         # paho reconnects by itself (clean start off) and the broker redelivers what is
         # unacked. What is queued for the dead connection must never be acked on the new
         # one: a new generation makes the buffer's answers for the old one void.
         with self.lock:
             self._new_generation_locked()
-        _log.warning("source_disconnected", reason=str(reason), generation=self.generation)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
+        payload = message.payload
         with self.lock:
-            self.pending.append((message.mid, topic, message.payload, time.time()))
+            self.pending.append((message.mid, topic, payload, time.time()))
+            self.pending_bytes += len(payload)
             self.held += 1
-            if len(self.pending) >= self.cfg.batch_max:
+            if len(self.pending) >= self.cfg.batch_max or self.pending_bytes >= self.cfg.batch_bytes:
                 self._flush_locked()
             generation = self.generation
             while (self.held >= self.cfg.receive_maximum and generation == self.generation
@@ -180,6 +182,7 @@ class MqttSource(EdgeActor):
         if not self.pending:
             return
         batch, self.pending = tuple(self.pending), []
+        self.pending_bytes = 0
         self._count(batch)
         self.batch += 1
         self.outstanding[self.batch] = (time.monotonic(), len(batch))
@@ -201,6 +204,9 @@ class MqttSource(EdgeActor):
                 if late and not self.reconnect_requested:
                     self.reconnect_requested = True
                     self.tell_self(_Reconnect(f"no commit within {self.cfg.ack_timeout_s:g} s"))
+                due = self.reconnect_at is not None and time.monotonic() >= self.reconnect_at
+            if due:
+                self.tell_self(_Resume("backoff over"))
 
     # -- actor thread
     def handle(self, message: Any) -> Any:
@@ -215,25 +221,48 @@ class MqttSource(EdgeActor):
                     self.held -= count
                     self.room.notify_all()
                 UNACKED.dec(count)
-            case Refused(generation, reason):
-                if generation == self.generation:
-                    self._reconnect(reason, delay=1.0)
+                self.full_backoff = 0.0
+            case Refused(generation, reason, full):
+                if generation != self.generation or self.reconnect_at is not None:
+                    return None
+                if full:
+                    self._stay_away(reason)
+                else:
+                    self._reconnect(reason)
+            case Room() | _Resume():
+                if self.reconnect_at is not None:
+                    self.reconnect_at = None
+                    _log.info("source_resumed", reason="buffer has room" if isinstance(message, Room)
+                              else "backoff over")
+                    self._connect()
             case _Reconnect(reason):
-                self._reconnect(reason)
+                if self.reconnect_at is None:
+                    self._reconnect(reason)
             case _:
                 raise TypeError(f"source got an unknown message {message!r}")
         return None
 
-    def _reconnect(self, reason: str, delay: float = 0.0) -> None:
+    def _reconnect(self, reason: str) -> None:
         """Drop the connection on purpose so the broker redelivers everything unacked."""
         RECONNECTS.labels(reason.split(" ")[0]).inc()
         _log.warning("source_reconnect", reason=reason)
         self._disconnect()
-        time.sleep(delay)  # let a full buffer drain a little before the redelivery
         self._connect()
+
+    def _stay_away(self, reason: str) -> None:
+        """The buffer is full: read nothing (the broker keeps the messages) until it has
+        room, or the backoff is over."""
+        RECONNECTS.labels("full").inc()
+        self.full_backoff = min(max(1.0, self.full_backoff * 2), self.cfg.full_backoff_max_s)
+        _log.warning("source_paused", reason=reason, retry_in_s=self.full_backoff)
+        self._disconnect()
+        with self.lock:
+            self._new_generation_locked()
+        self.reconnect_at = time.monotonic() + self.full_backoff
 
     def health(self) -> dict[str, Any]:
         with self.lock:
             unacked = sum(n for _, n in self.outstanding.values())
-        return {"state": "running", "generation": self.generation, "unacked": unacked,
+        return {"state": "paused" if self.reconnect_at is not None else "running",
+                "generation": self.generation, "unacked": unacked,
                 "connected": bool(self.client and self.client.is_connected())}

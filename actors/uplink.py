@@ -1,11 +1,17 @@
 """Uplink: batches from the buffer to the central broker, deleted only when confirmed.
 
-Publishes uplink frames (``edge.codecs.uplink``) at QoS 1 on ``edge/<gateway>/up``. Up to
-``window`` frames are unconfirmed at once; the server's confirmation on
-``edge/<gateway>/ack`` (JSON ``{"boot_epoch", "first_seq", "count", "status": "ok"}``)
-makes the buffer delete exactly those rows. A frame unconfirmed after
-``confirm_timeout_s`` is sent again, and so is the whole window after a reconnect: the
+Publishes uplink frames (``edge.codecs.uplink``) at QoS 1 on ``edge/<gateway>/up``, each
+at most ``max_frame_bytes`` of records (the buffer leases by bytes too). Up to ``window``
+frames are unconfirmed at once; the server's confirmation on ``edge/<gateway>/ack`` (JSON
+``{"boot_epoch", "first_seq", "count", "status": "ok"}``) makes the buffer delete exactly
+those rows. A frame unconfirmed after ``confirm_timeout_s`` is sent again, and so is the
+whole window after a reconnect or when a receiver announces it is (back) online: the
 server stores idempotently, so a resend never doubles a record.
+
+A frame the server refuses for good (``"status": "rejected"`` with a reason: it kept the
+frame in its dead letters) is counted, logged and deleted here: resending it would only
+get the same answer while holding a place in the window. Rows that cannot make a frame at
+all (larger than any frame: stored by an older version) go to the buffer's dead letters.
 
 Retained ``edge/<gateway>/status``: ``online`` on connect, ``offline`` as the Last Will;
 a heartbeat (buffer depth, oldest record age, drops) every ``heartbeat_s``.
@@ -27,9 +33,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from edge import log
 from edge.actor import ActorContext, EdgeActor
-from edge.actors.buffer import Confirm, GetStats, Leased, LeaseRequest, Rewind
+from edge.actors.buffer import Confirm, DeadLetter, GetStats, Leased, LeaseRequest, Rewind
 from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
+from edge.codecs.errors import UplinkFrameError
 from edge.config import UplinkConfig
 from edge.link import Link
 
@@ -39,6 +46,8 @@ FRAMES_SENT = Counter("edge_uplink_frames_sent", "Frames published (first sends)
 FRAMES_RESENT = Counter("edge_uplink_frames_resent", "Frames published again (timeout or reconnect)")
 RECORDS_CONFIRMED = Counter("edge_uplink_records_confirmed", "Records the server confirmed")
 BAD_ACKS = Counter("edge_uplink_bad_confirmations", "Confirmations that matched no frame in the window")
+REFUSED = Counter("edge_uplink_frames_refused", "Frames the server refused for good (kept in its "
+                  "dead letters), deleted here", ["reason"])
 CONNECTED = Gauge("edge_uplink_connected", "1 while connected to the central broker")
 WINDOW = Gauge("edge_uplink_window_frames", "Frames sent and not yet confirmed")
 CONFIRM_SECONDS = Histogram("edge_uplink_confirm_seconds", "From a frame's (last) send to its confirmation",
@@ -62,6 +71,11 @@ class _Ack:
 
 @dataclass(frozen=True, slots=True)
 class _Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _ReceiverOnline:
     pass
 
 
@@ -113,6 +127,9 @@ class Uplink(EdgeActor):
         if "commands" in self.ctx.handles:
             self.ctx.handles["commands"].tell(Downlink(payload))
 
+    def receiver_online(self) -> None:
+        self.tell_self(_ReceiverOnline())
+
     def _tick(self) -> None:
         while not self.stop_ticker.wait(0.2):
             self.tell_self(_Tick())
@@ -139,6 +156,8 @@ class Uplink(EdgeActor):
                 self._request()
             case _Tick():
                 self._on_tick()
+            case _ReceiverOnline():
+                self._resend("receiver online")
             case _:
                 raise TypeError(f"uplink got an unknown message {message!r}")
         return None
@@ -149,12 +168,19 @@ class Uplink(EdgeActor):
         CONNECTED.set(1)
         self.link.publish_status(self._status("online"))
         _log.info("uplink_connected", resending=len(self.window))
+        self._resend("connected")
+        self._request()
+
+    def _resend(self, why: str) -> None:
+        """Everything unconfirmed goes again (a receiver may have missed it)."""
+        if not self.connected or self.link is None or not self.window:
+            return
         now = time.monotonic()
-        for entry in self.window.values():  # everything unconfirmed goes again
+        for entry in self.window.values():
             self.link.publish_frame(entry.frame)
             entry.sent_at = now
             FRAMES_RESENT.inc()
-        self._request()
+        _log.info("uplink_resent", frames=len(self.window), reason=why)
 
     def _request(self) -> None:
         if self.requested or not self.connected or len(self.window) >= self.cfg.window:
@@ -162,10 +188,14 @@ class Uplink(EdgeActor):
         if self.cfg.max_records_per_s and time.monotonic() < self.next_allowed:
             return  # the tick asks again once the drain-rate bound allows
         self.requested = True
-        self.send(self.buffer, LeaseRequest(self.cfg.batch_records))
+        self.send(self.buffer, LeaseRequest(self.cfg.batch_records, self.cfg.max_frame_bytes))
 
     def _send_new(self, boot_epoch: int, seqs: tuple[int, ...], bodies: tuple[bytes, ...]) -> None:
-        frame = frames.encode_packed(self.gateway_id, boot_epoch, seqs, bodies, self.cfg.compress)
+        try:
+            frame = frames.encode_packed(self.gateway_id, boot_epoch, seqs, bodies, self.cfg.compress)
+        except UplinkFrameError as exc:  # a row no frame can carry: never retried
+            self.send(self.buffer, DeadLetter(seqs, f"unframable: {exc.describe()}"))
+            return
         key = (boot_epoch, seqs[0])
         self.window[key] = _InFlight(frame, seqs, time.monotonic())
         WINDOW.set(len(self.window))
@@ -179,19 +209,27 @@ class Uplink(EdgeActor):
         try:
             doc = json.loads(payload)
             key = (int(doc["boot_epoch"]), int(doc["first_seq"]))
-            ok = doc.get("status") == "ok"
-        except (ValueError, KeyError, TypeError):
+            count = int(doc.get("count", -1))
+            status = doc.get("status")
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             BAD_ACKS.inc()
             _log.warning("uplink_bad_confirmation", payload=payload[:200])
             return
         entry = self.window.get(key)
-        if entry is None or not ok or int(doc.get("count", -1)) != len(entry.seqs):
-            BAD_ACKS.inc()  # late duplicate of a confirmation, or a refusal: resend covers it
+        if entry is None or status not in ("ok", "rejected") or count != len(entry.seqs):
+            BAD_ACKS.inc()  # a late duplicate of a confirmation: nothing to do
             return
         del self.window[key]
-        CONFIRM_SECONDS.observe(time.monotonic() - entry.sent_at)
         WINDOW.set(len(self.window))
-        RECORDS_CONFIRMED.inc(len(entry.seqs))
+        if status == "rejected":
+            reason = str(doc.get("reason", "rejected"))[:64]
+            REFUSED.labels(reason).inc()
+            _log.error("uplink_frame_refused", reason=reason, detail=str(doc.get("detail", ""))[:300],
+                       boot_epoch=key[0], first_seq=key[1], records=count,
+                       action="deleted here: the server keeps the frame in its dead letters")
+        else:
+            CONFIRM_SECONDS.observe(time.monotonic() - entry.sent_at)
+            RECORDS_CONFIRMED.inc(len(entry.seqs))
         self.send(self.buffer, Confirm(entry.seqs))
 
     def _on_tick(self) -> None:

@@ -4,7 +4,14 @@ only returns once Kafka has every record (acks=all, idempotent producer).
 ``Delivery.deliver(messages)`` is the primitive behind every "ack only after Kafka has
 it" in the ack chain: it sends, waits for every future, and sends again what failed
 (broker down, leader moving), with a capped backoff, until all are acknowledged or the
-owner stops. It never returns early: callers ack MQTT or commit offsets after it.
+owner stops. It never returns early: callers ack MQTT or commit offsets after it. What
+Kafka refuses for good (a message too large, an invalid record: ``REFUSED``) is never
+sent again: it goes to ``<topic>.dlq`` with the reason, bounded in size, and the rest of
+the delivery goes on. The producer refuses messages over ``max_message_bytes`` itself,
+before sending; a refusal from the broker is fatal to kafka-python's idempotent producer
+(it aborts every batch after it with the same error), so then the producer is replaced
+and each message of the refused batches is sent again alone, to tell the one refused from
+its innocent neighbours.
 Resending after a failed future can write a record twice to Kafka; everything
 downstream is keyed by the record's identity, so that costs space, never a double row.
 """
@@ -17,14 +24,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTimestampError,
+                          InvalidTopicError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
+                          RecordListTooLargeError)
 from prometheus_client import Counter, Histogram
 
 from edge import log
-from edge.codecs.stream import Message, Topics, from_batch, raw
+from edge.health import CONDITIONS
+from edge.codecs.limits import bounded_payload, safe_text
+from edge.codecs.stream import Message, Topics, from_batch, raw, refused
 from edge.codecs.uplink import Batch
 from edge.config import KafkaConfig
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ServiceError
 
 _log = log.get(__name__)
 
@@ -33,6 +44,10 @@ PRODUCE_RETRIES = Counter("edge_kafka_produce_retries", "Records sent again afte
                           ["topic"])
 STALLS = Counter("edge_kafka_producer_stalls", "Producers replaced after acknowledging nothing "
                  "for longer than their delivery timeout")
+REFUSED_RECORDS = Counter("edge_kafka_refused", "Messages Kafka refused for good (too large, "
+                          "invalid), sent to the dead-letter topic instead", ["topic", "reason"])
+UNDELIVERABLE = Counter("edge_kafka_undeliverable", "Dead letters Kafka refused too: logged and "
+                        "dropped (never retried)", ["topic"])
 DELIVER_SECONDS = Histogram("edge_kafka_deliver_seconds", "Time until Kafka acknowledged a whole set",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
@@ -42,7 +57,8 @@ class Stopped(EdgeError):
 
 
 def _common(cfg: KafkaConfig, client_id: str) -> dict:
-    out: dict = {"bootstrap_servers": list(cfg.bootstrap_servers), "client_id": client_id}
+    out: dict = {"bootstrap_servers": list(cfg.bootstrap_servers), "client_id": client_id,
+                 "bootstrap_timeout_ms": int(cfg.connect_timeout_s * 1000)}
     if cfg.sasl_username:
         out.update(security_protocol="SASL_SSL" if cfg.tls else "SASL_PLAINTEXT",
                    sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
@@ -55,6 +71,14 @@ def _common(cfg: KafkaConfig, client_id: str) -> dict:
 
 
 DELIVERY_TIMEOUT_MS = 60_000  # a record not acknowledged by then fails, and is sent again
+# Errors about the message itself: sending it again gives the same answer.
+REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError,
+           InvalidTimestampError, InvalidTopicError)
+
+
+def unreachable(cfg: KafkaConfig, exc: KafkaError) -> ServiceError:
+    return ServiceError(f"Kafka at {','.join(cfg.bootstrap_servers)} is not reachable within "
+                        f"{cfg.connect_timeout_s:g} s: {type(exc).__name__}: {exc}")
 
 
 def producer(cfg: KafkaConfig, client_id: str) -> KafkaProducer:
@@ -62,7 +86,7 @@ def producer(cfg: KafkaConfig, client_id: str) -> KafkaProducer:
                          delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                          linger_ms=cfg.linger_ms, batch_size=256 * 1024,
                          compression_type=None if cfg.compression == "none" else cfg.compression,
-                         max_request_size=8 * 1024 * 1024)
+                         max_request_size=cfg.max_message_bytes)
 
 
 def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int,
@@ -110,11 +134,13 @@ class Delivery:
     future for ``stall_s`` is closed and replaced, and what it held is sent again."""
 
     def __init__(self, make: Callable[[], KafkaProducer], wait_s: float = 5.0,
-                 backoff_max_s: float = 10.0, stall_s: float = DELIVERY_TIMEOUT_MS / 1000 + 30) -> None:
+                 backoff_max_s: float = 10.0, stall_s: float = DELIVERY_TIMEOUT_MS / 1000 + 30,
+                 name: str = "producer") -> None:
         self.make = make
         self.producer = make()
         self.wait_s, self.backoff_max_s, self.stall_s = wait_s, backoff_max_s, stall_s
         self.stopping = threading.Event()
+        self.condition = f"kafka ({name})"
 
     def deliver(self, messages: Sequence[Message]) -> None:
         start = time.monotonic()
@@ -123,12 +149,16 @@ class Delivery:
         while todo:
             futures = []
             failed: list[Message] = []
+            gone: list[tuple[Message, BaseException]] = []
+            suspects: list[Message] = []
             for m in todo:
                 try:
                     futures.append((m, self.producer.send(m.topic, key=m.key, value=m.value,
                                                           headers=m.headers)))
                 except KafkaTimeoutError:  # no metadata within max_block_ms: Kafka is away
                     failed.append(m)
+                except REFUSED as exc:  # checked by the producer before sending: certain
+                    gone.append((m, exc))
             progress = time.monotonic()
             stalled = False
             for m, f in futures:
@@ -146,10 +176,23 @@ class Delivery:
                     failed.append(m)  # the stalled producer's: sent again by a new one
                     continue
                 progress = time.monotonic()
-                if f.failed():
+                if f.failed() and isinstance(f.exception, REFUSED):
+                    suspects.append(m)  # the one refused, or a neighbour aborted with it
+                elif f.failed():
                     failed.append(m)
                 else:
                     PRODUCED.labels(m.topic).inc()
+            if suspects:
+                self._replace()
+                for m in suspects:
+                    error = self._alone(m)
+                    if error is None:
+                        PRODUCED.labels(m.topic).inc()
+                    elif isinstance(error, REFUSED):
+                        gone.append((m, error))
+                        self._replace()
+                    else:
+                        failed.append(m)
             if stalled:
                 STALLS.inc()
                 _log.error("kafka_producer_stalled", records=len(failed), stalled_s=round(self.stall_s),
@@ -157,16 +200,55 @@ class Delivery:
                 self._replace()
             if failed:
                 error = next((f.exception for _, f in futures if f.is_done and f.failed()), None)
-                _log.warning("kafka_delivery_failed", records=len(failed), topic=failed[0].topic,
-                             error=repr(error) if error else "no acknowledgement (broker unreachable)",
-                             retry_in_s=delay)
+                CONDITIONS.problem(self.condition, "Kafka does not acknowledge: " + (
+                    type(error).__name__ if error else "no answer (broker unreachable)"),
+                    records=len(failed), topic=failed[0].topic, error=repr(error)[:300])
+                _log.debug("kafka_delivery_failed", records=len(failed), topic=failed[0].topic,
+                           error=repr(error) if error else "no acknowledgement (broker unreachable)",
+                           retry_in_s=delay)
                 for m in failed:
                     PRODUCE_RETRIES.labels(m.topic).inc()
                 if self.stopping.wait(delay):
                     raise Stopped("stopping while Kafka had not acknowledged a delivery")
                 delay = min(delay * 2, self.backoff_max_s)
-            todo = failed
+            todo = failed + self._dead_letters(gone)
         DELIVER_SECONDS.observe(time.monotonic() - start)
+        CONDITIONS.clear(self.condition)
+
+    def _alone(self, m: Message) -> BaseException | None:
+        """Send one message and wait for its answer: None when Kafka has it, else why not."""
+        try:
+            future = self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers)
+        except (KafkaTimeoutError, *REFUSED) as exc:
+            return exc
+        started = time.monotonic()
+        while not future.is_done:
+            try:
+                self.producer.flush(timeout=self.wait_s)
+            except KafkaTimeoutError:
+                pass
+            if self.stopping.is_set() and not future.is_done:
+                raise Stopped("stopping while Kafka had not acknowledged a delivery")
+            if not future.is_done and time.monotonic() - started > self.stall_s:
+                return KafkaTimeoutError("no answer")
+        return future.exception if future.failed() else None
+
+    @staticmethod
+    def _dead_letters(gone: list[tuple[Message, BaseException]]) -> list[Message]:
+        """What Kafka refused for good, as dead letters (sent with the rest, never again as
+        they were). A dead letter refused too is logged and dropped: nothing loops."""
+        out = []
+        for m, exc in gone:
+            reason = f"kafka_{type(exc).__name__}"
+            if m.topic.endswith(".dlq"):
+                UNDELIVERABLE.labels(m.topic).inc()
+                _log.error("kafka_dead_letter_refused", topic=m.topic, bytes=m.size, error=repr(exc)[:300])
+                continue
+            REFUSED_RECORDS.labels(m.topic, reason).inc()
+            _log.warning("kafka_message_refused", topic=m.topic, bytes=m.size, error=repr(exc)[:300],
+                         action=f"sent to {m.topic}.dlq")
+            out.append(refused(m, reason, repr(exc)))
+        return out
 
     def _replace(self) -> None:
         old, self.producer = self.producer, self.make()
@@ -177,6 +259,7 @@ class Delivery:
     def close(self) -> None:
         self.stopping.set()
         _close_quietly(self.producer, 5)
+        CONDITIONS.clear(self.condition)
 
 
 def _close_quietly(producer: KafkaProducer, timeout: float = 0) -> None:
@@ -195,7 +278,10 @@ class KafkaStore:
 
     def __init__(self, cfg: KafkaConfig, client_id: str) -> None:
         self.topics = Topics(cfg.decoded_topic, cfg.raw_topic, cfg.events_topic)
-        self.delivery = Delivery(lambda: producer(cfg, client_id))
+        try:
+            self.delivery = Delivery(lambda: producer(cfg, client_id), name="receiver")
+        except KafkaError as exc:
+            raise unreachable(cfg, exc) from exc
 
     def write(self, batches: list[Batch]) -> None:
         messages: list[Message] = []
@@ -205,8 +291,10 @@ class KafkaStore:
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
         gateway = topic.split("/")[1] if topic.count("/") == 2 else None
-        self.delivery.deliver([raw(self.topics.raw + ".dlq", topic, frame, datetime.now(UTC), gateway,
-                                   gateway=gateway, dlq_reason=reason, dlq_detail=detail[:2000])])
+        kept, note = bounded_payload(frame)
+        detail = safe_text(f"{note}; {detail}" if note else detail)
+        self.delivery.deliver([raw(self.topics.raw + ".dlq", topic, kept, datetime.now(UTC), gateway,
+                                   gateway=gateway, dlq_reason=reason, dlq_detail=detail)])
 
     def close(self) -> None:
         self.delivery.close()
@@ -214,8 +302,8 @@ class KafkaStore:
 
 def ensure_topics(cfg: KafkaConfig, client_id: str, extra: Sequence[str] = ()) -> list[str]:
     """Create the server's topics (and their dead-letter topics) that do not exist yet,
-    with ``partitions`` and ``replication_factor``; return the names created. A broker
-    that is not reachable is reported and left to auto-creation."""
+    with ``partitions``, ``replication_factor`` and ``max.message.bytes``; return the names
+    created. ``ServiceError`` when Kafka is not reachable within ``connect_timeout_s``."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -224,13 +312,13 @@ def ensure_topics(cfg: KafkaConfig, client_id: str, extra: Sequence[str] = ()) -
     try:
         admin = KafkaAdminClient(**_common(cfg, client_id), request_timeout_ms=10_000)
     except KafkaError as exc:
-        _log.warning("kafka_topics_unchecked", error=repr(exc))
-        return []
+        raise unreachable(cfg, exc) from exc
     try:
         missing = sorted(set(names) - set(admin.list_topics()))
         if missing:
             try:
-                admin.create_topics([NewTopic(n, cfg.partitions, cfg.replication_factor)
+                admin.create_topics([NewTopic(n, cfg.partitions, cfg.replication_factor,
+                                              topic_configs={"max.message.bytes": str(cfg.max_message_bytes)})
                                      for n in missing])
             except TopicAlreadyExistsError:
                 pass  # another server process made them meanwhile

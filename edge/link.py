@@ -2,7 +2,8 @@
 
 ``MqttLink`` publishes frames on ``edge/<gateway>/up`` and hears confirmations on
 ``/ack`` and commands on ``/down``; a retained ``/status`` with a Last Will says whether
-the gateway is online. ``LocalLink`` is the single-node deployment's link (and
+the gateway is online. It also hears receivers announce themselves online
+(``edge/receivers/+/status``), so the uplink resends what is unconfirmed at once. ``LocalLink`` is the single-node deployment's link (and
 ``edge demo``'s): the same frames go to an in-process receiver writing the single-node
 store, which answers with the same confirmations; ``set_up(False)`` makes it behave like
 an unreachable broker (frames are lost, the uplink resends after the link returns).
@@ -12,6 +13,7 @@ Callbacks (``LinkEvents``) may come from any thread; the uplink turns them into 
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from typing import Any, Protocol
@@ -22,8 +24,8 @@ from edge import log
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig
-from edge.mqtt import connect_properties, jittered_backoff, make_client
-from edge.store import RecordStore, confirmation
+from edge.mqtt import Session
+from edge.store import RecordStore, confirmation, refusal
 
 _log = log.get(__name__)
 
@@ -33,6 +35,7 @@ class LinkEvents(Protocol):
     def link_down(self) -> None: ...
     def confirmation(self, payload: bytes) -> None: ...
     def command(self, payload: bytes) -> None: ...
+    def receiver_online(self) -> None: ...
 
 
 class Link(Protocol):
@@ -50,37 +53,29 @@ class MqttLink:
         self.topic_up, self.topic_ack = f"{base}/up", f"{base}/ack"
         self.topic_status, self.topic_down = f"{base}/status", f"{base}/down"
         self.client_id = broker.client_id or f"edge-{gateway_id}-uplink"
+        self.session: Session | None = None
         self.client: mqtt.Client | None = None
         self.events: LinkEvents | None = None
 
     def start(self, events: LinkEvents) -> None:
         self.events = events
-        client = make_client(self.broker, self.client_id)
-        client.will_set(self.topic_status, self.will, qos=1, retain=True)
-        jittered_backoff(client, 0.5, 30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = lambda c, u, f, rc, p: events.link_down()
-        client.on_message = self._on_message
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive_s,
-                             clean_start=False, properties=connect_properties(self.session_expiry_s))
-        client.loop_start()
-        self.client = client
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            _log.warning("uplink_connect_refused", host=self.broker.host, reason=str(reason))
-            return
-        client.subscribe([(self.topic_ack, 1), (self.topic_down, 1)])
-        assert self.events is not None
-        self.events.link_up()
+        self.session = Session(
+            self.broker, self.client_id, "central broker (uplink)",
+            session_expiry_s=self.session_expiry_s,
+            subscriptions=[(self.topic_ack, 1), (self.topic_down, 1), (RECEIVERS, 1)],
+            on_message=self._on_message, on_connect=lambda flags: events.link_up(),
+            on_disconnect=lambda reason: events.link_down(), will=(self.topic_status, self.will))
+        self.client = self.session.client
+        self.session.start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self.events is not None
         if message.topic == self.topic_down:
             self.events.command(message.payload)
-        else:
+        elif message.topic == self.topic_ack:
             self.events.confirmation(message.payload)
+        elif _online(message.payload):
+            self.events.receiver_online()
 
     def publish_frame(self, frame: bytes) -> None:
         if self.client is not None:
@@ -91,12 +86,21 @@ class MqttLink:
             self.client.publish(self.topic_status, payload, qos=1, retain=True)
 
     def stop(self, last_status: bytes | None) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            if last_status is not None and client.is_connected():
-                client.publish(self.topic_status, last_status, qos=1, retain=True)
-            client.disconnect()
-            client.loop_stop()
+        session, self.session, self.client = self.session, None, None
+        if session is not None:
+            if last_status is not None and session.is_connected():
+                session.client.publish(self.topic_status, last_status, qos=1, retain=True)
+            session.stop()
+
+
+RECEIVERS = "edge/receivers/+/status"  # where receivers say they are online (retained)
+
+
+def _online(payload: bytes) -> bool:
+    try:
+        return json.loads(payload).get("status") == "online"
+    except (ValueError, AttributeError):
+        return False
 
 
 class LocalLink:
@@ -144,6 +148,8 @@ class LocalLink:
                 batch = frames.decode(frame)
             except UplinkFrameError as exc:
                 self.store.reject("local", frame, exc.reason, exc.describe())
+                if exc.frame is not None and self.up and self.events is not None:
+                    self.events.confirmation(refusal(*exc.frame[1:], exc))
                 continue
             self.store.write([batch])  # durable before the confirmation, as over MQTT
             if self.up and self.events is not None:

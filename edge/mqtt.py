@@ -59,6 +59,7 @@ from paho.mqtt.properties import Properties
 
 from edge import log
 from edge.config import MqttConfig
+from edge.health import CONDITIONS
 
 _log = log.get(__name__)
 
@@ -126,6 +127,15 @@ class Client(mqtt.Client):
         sock = super()._create_socket()
         nodelay(sock)
         return _ReadBuffer(sock)
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        """paho's, remembering why a connection attempt failed (paho's ``on_connect_fail``
+        is told nothing): refused, unreachable, TLS."""
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.connect_error = exc
+            raise
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         """Every packet already in the read buffer, not one per pass of paho's loop.
@@ -213,6 +223,91 @@ def share_property_tables(cls: type[Properties] = Properties) -> bool:
     return True
 
 
+class Session:
+    """One broker connection, set up the same way by every actor that has one.
+
+    The client comes from ``MqttConfig`` (MQTT v5, credentials, TLS), reconnects with
+    paho's doubling backoff between ``reconnect_min_s`` (jittered, so a fleet that lost the
+    same broker does not come back at the same moment) and ``reconnect_max_s``, keeps a
+    persistent session when ``session_expiry_s`` is given, and subscribes again at every
+    connect. Its state is logged and reported to ``/healthz`` (edge.health) once per change:
+    connected, refused by the broker (with its reason code), unreachable (with the socket
+    or TLS error), lost. Callbacks run on paho's thread; ``on_connect(flags)`` and
+    ``on_disconnect(reason)`` are the owner's, called after the session's own handling.
+    """
+
+    def __init__(self, cfg: MqttConfig, client_id: str, name: str, *, manual_ack: bool = False,
+                 session_expiry_s: int | None = None, receive_maximum: int | None = None,
+                 subscriptions: Sequence[tuple[str, int]] = (), retain_once: bool = False,
+                 on_message: Any = None, on_connect: Any = None, on_disconnect: Any = None,
+                 will: tuple[str, bytes] | None = None) -> None:
+        self.cfg, self.client_id, self.name = cfg, client_id, name
+        self.where = f"{cfg.host}:{cfg.port}"
+        self.session_expiry_s, self.receive_maximum = session_expiry_s, receive_maximum
+        self.subscriptions, self.retain_once = list(subscriptions), retain_once
+        self.owner_connect, self.owner_disconnect = on_connect, on_disconnect
+        self.client = make_client(cfg, client_id, manual_ack=manual_ack)
+        jittered_backoff(self.client, cfg.reconnect_min_s, cfg.reconnect_max_s)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        if on_message is not None:
+            self.client.on_message = on_message
+        self.stopping = False
+
+    def start(self) -> Session:
+        CONDITIONS.problem(self.name, f"connecting to {self.where}", quiet=True)
+        persistent = self.session_expiry_s is not None
+        self.client.connect_async(
+            self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+            clean_start=False if persistent else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=connect_properties(self.session_expiry_s, self.receive_maximum) if persistent
+            else None)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+        CONDITIONS.clear(self.name)
+
+    def is_connected(self) -> bool:
+        return self.client.is_connected()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            CONDITIONS.problem(self.name, f"{self.where} refused the connection: {reason}",
+                               client_id=self.client_id)
+            return
+        if self.subscriptions:
+            # retain_once: retained messages only when the subscription is new, not at every
+            # reconnect of a persistent session (retained garbage is not quarantined again).
+            options = [(f, mqtt.SubscribeOptions(qos=q, retainHandling=1 if self.retain_once else 0))
+                       for f, q in self.subscriptions]
+            client.subscribe(options)
+        CONDITIONS.clear(self.name, host=self.where, session_present=flags.session_present)
+        _log.info("mqtt_connected", connection=self.name, host=self.where, client_id=self.client_id,
+                  session_present=flags.session_present)
+        if self.owner_connect is not None:
+            self.owner_connect(flags)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        error = getattr(client, "connect_error", None)
+        CONDITIONS.problem(self.name, f"cannot connect to {self.where}: "
+                           f"{error if error is not None else 'connection failed'}")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        if not self.stopping:
+            CONDITIONS.problem(self.name, f"connection to {self.where} lost: {reason}")
+        if self.owner_disconnect is not None:
+            self.owner_disconnect(reason)
+
+
 def make_client(cfg: MqttConfig, client_id: str, manual_ack: bool = False) -> mqtt.Client:
     client = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5, manual_ack=manual_ack)
@@ -224,9 +319,10 @@ def make_client(cfg: MqttConfig, client_id: str, manual_ack: bool = False) -> mq
     return client
 
 
-def connect_properties(session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
+def connect_properties(session_expiry_s: int | None, receive_maximum: int | None = None) -> Properties:
     props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = session_expiry_s
+    if session_expiry_s is not None:
+        props.SessionExpiryInterval = session_expiry_s
     if receive_maximum:
         props.ReceiveMaximum = receive_maximum
     return props
@@ -235,8 +331,7 @@ def connect_properties(session_expiry_s: int, receive_maximum: int | None = None
 def jittered_backoff(client: mqtt.Client, min_s: float, max_s: float) -> None:
     """paho doubles its reconnect delay up to max_s; a random start spreads a fleet of
     gateways that lost the same broker at the same moment."""
-    client.reconnect_delay_set(min_delay=max(1, round(min_s * random.uniform(1.0, 2.0))),
-                               max_delay=max(1, round(max_s)))
+    client.reconnect_delay_set(min_delay=min_s * random.uniform(1.0, 2.0), max_delay=max_s)
 
 
 def _matcher_is_replaceable(client: mqtt.Client) -> bool:

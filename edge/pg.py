@@ -41,14 +41,21 @@ class MigrationError(EdgeError):
     """A migration could not be applied, or an applied one no longer matches its file."""
 
 
-def conninfo(cfg: PostgresConfig) -> str:
+def conninfo(cfg: PostgresConfig, statement_timeout: bool = True) -> str:
+    """Connection string: a bounded connect, TCP keepalives and a TCP user timeout (a
+    peer that vanished ends the connection in about 30 s instead of never), and, unless
+    ``statement_timeout`` is off (migrations), the configured statement timeout."""
+    options = f"-c statement_timeout={int(cfg.statement_timeout_s * 1000)}" if statement_timeout else None
     return psycopg.conninfo.make_conninfo(
         host=cfg.host, port=cfg.port, dbname=cfg.dbname, user=cfg.user,
-        password=cfg.password.reveal() or None, application_name="edge", connect_timeout=10)
+        password=cfg.password.reveal() or None, application_name="edge",
+        connect_timeout=cfg.connect_timeout_s, keepalives=1, keepalives_idle=10,
+        keepalives_interval=5, keepalives_count=3, tcp_user_timeout=30_000, options=options)
 
 
-def connect(cfg: PostgresConfig, autocommit: bool = False) -> psycopg.Connection:
-    return psycopg.connect(conninfo(cfg), autocommit=autocommit)
+def connect(cfg: PostgresConfig, autocommit: bool = False, statement_timeout: bool = True
+            ) -> psycopg.Connection:
+    return psycopg.connect(conninfo(cfg, statement_timeout), autocommit=autocommit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ here. A multi-row ``VALUES`` statement inserts many rows in one step.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -39,3 +40,17 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
         part = rows[start:start + size]
         conn.execute(_statement(head, width, size), [v for row in part for v in row])
         start += size
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``: the write lock from the start, so it
+    never fails half-way for another writer), committed at the end of the block, rolled
+    back on any exception. ``conn`` is in autocommit mode (``isolation_level=None``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

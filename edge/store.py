@@ -18,15 +18,24 @@ from typing import Protocol
 
 import sqlite_utils
 
+from edge.codecs.errors import CodecError
+from edge.codecs.limits import bounded_payload, safe_text
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
-from edge.sqlite_rows import insert_rows
+from edge.sqlite_rows import immediate, insert_rows
 
 
 def confirmation(batch: Batch) -> bytes:
     """What a receiver answers on edge/<gateway>/ack once ``batch`` is durable."""
     return json.dumps({"boot_epoch": batch.boot_epoch, "first_seq": batch.first_seq,
                        "count": len(batch.records), "status": "ok"}).encode()
+
+
+def refusal(boot_epoch: int, first_seq: int, count: int, error: CodecError) -> bytes:
+    """What a receiver answers for a frame it refuses for good, once it kept it."""
+    return json.dumps({"boot_epoch": boot_epoch, "first_seq": first_seq, "count": count,
+                       "status": "rejected", "reason": error.reason,
+                       "detail": safe_text(error.describe(), 500)}).encode()
 
 
 class RecordStore(Protocol):
@@ -72,18 +81,13 @@ class SqliteStore:
         for batch in batches:
             self._rows(batch, measurements, others)
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             insert_rows(conn, "INSERT OR IGNORE INTO iot_measurements (time, device_id, connector_mode, "
                               "connector, pin_position, label, value, unit, topic, gateway_id, boot_epoch, seq)",
                         measurements)
             for table, rows in others.items():
                 insert_rows(conn, f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, time, type, body)",
                             rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _rows(batch: Batch, measurements: list[tuple], others: dict[str, list[tuple]]) -> None:
@@ -103,9 +107,11 @@ class SqliteStore:
                                       json.dumps(doc, ensure_ascii=False, default=str)))
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
+        kept, note = bounded_payload(frame)
+        detail = safe_text(f"{note}; {detail}" if note else detail)
         with self.conn:
             self.conn.execute("INSERT INTO rejected_frames (received_at, topic, frame, reason, detail) "
-                              "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, frame, reason, detail))
+                              "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, kept, reason, detail))
 
     def close(self) -> None:
         self.conn.close()

@@ -154,3 +154,35 @@ def test_ttl_drops_old_telemetry_with_a_gap_and_keeps_events(tmp_path):
     assert (gap.first_seq, gap.last_seq, gap.count, gap.reason) == (1, 3, 3, "ttl")
     assert db.dropped_total == 3 and db.depth == 4
     db.close()
+
+
+def test_a_batch_larger_than_the_whole_quota_is_stored_when_the_buffer_is_empty_never_blocking(tmp_path):
+    db = BufferDB(str(tmp_path / "b.db"), quota_bytes=500, policy="reject")
+    assert db.store(entries(1), {}, 1, 1)  # fits
+    assert not db.store(entries(20), {}, 1, 2)  # can never fit while anything waits: refused ...
+    db.confirm((1,))
+    assert db.store(entries(20), {}, 2, 1)  # ... and stored once the buffer is empty
+    assert db.depth == 20 and db.bytes > db.quota_bytes
+    db.close()
+
+
+def test_a_lease_is_bounded_by_bytes_and_holds_at_least_one_row(tmp_path):
+    db = BufferDB(str(tmp_path / "b.db"))
+    db.store([(PRIORITY_TELEMETRY, b"x" * 100)] * 10 + [(PRIORITY_TELEMETRY, b"y" * 5000)], {}, 1, 1)
+    assert db.lease(500, max_bytes=350).seqs == (1, 2, 3)
+    assert db.lease(500, max_bytes=350).seqs == (4, 5, 6)
+    assert db.lease(500, max_bytes=10_000).seqs == (7, 8, 9, 10, 11)
+    db.rewind()
+    db.lease(500, max_bytes=1000)
+    assert db.lease(500, max_bytes=10).seqs == (11,)  # larger than the bound: alone
+    db.close()
+
+
+def test_rows_that_can_never_travel_move_to_the_dead_letters_with_their_reason(tmp_path):
+    db = BufferDB(str(tmp_path / "b.db"))
+    db.store(entries(3), {}, 1, 1)
+    assert db.dead_letter((2,), "unframable: too large") == 1
+    assert db.depth == 2
+    assert [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")] == [1, 3]
+    assert db.conn.execute("SELECT seq, reason FROM dead_letters").fetchall() == [(2, "unframable: too large")]
+    db.close()

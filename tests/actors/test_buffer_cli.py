@@ -56,3 +56,19 @@ def test_a_missing_buffer_is_a_clear_error(tmp_path):
     (tmp_path / "gw.toml").write_text(f'[buffer]\npath = "{tmp_path / "none.db"}"\n')
     result = edge("buffer", "stats", "--config", str(tmp_path / "gw.toml"))
     assert result.returncode == 2 and result.stderr.startswith("edge buffer: cannot open")
+
+
+def test_purge_gives_the_space_back_and_dead_letters_are_listed(tmp_path):
+    path = tmp_path / "buffer.db"
+    (tmp_path / "gw.toml").write_text(f'[buffer]\npath = "{path}"\n')
+    db = BufferDB(str(path))
+    m = Measurement(T, "pm-1", None, None, None, "voltage_dc", 756.3, "V", "iot/pm-1/telemetry" + "x" * 400)
+    db.store((Entry(PRIORITY_TELEMETRY, msgpack.packb(to_wire(m))),) * 5000, {}, 1, 1)
+    db.dead_letter((7,), "unframable: test")
+    config = str(tmp_path / "gw.toml")
+    (dead,) = [json.loads(line) for line in edge("buffer", "dead", "--config", config).stdout.splitlines()]
+    assert dead["seq"] == 7 and dead["reason"] == "unframable: test" and dead["record"]["value"] == 756.3
+    assert json.loads(edge("buffer", "stats", "--config", config).stdout)["dead_letters"] == 1
+    db.close()
+    done = json.loads(edge("buffer", "purge", "--config", config, "--yes").stdout)
+    assert done["purged"] == 4999 and done["bytes_freed"] > 1_000_000

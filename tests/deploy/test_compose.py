@@ -121,8 +121,11 @@ def test_grafana_provisions_the_datasource_the_dashboard_uses(compose):
 def test_the_acl_confines_each_gateway_to_its_own_prefix():
     acl = (DEPLOY / "mosquitto" / "acl").read_text()
     patterns = [line for line in acl.splitlines() if line.startswith("pattern ")]
-    assert patterns and all(" edge/%u/" in p for p in patterns)
+    writes = [p for p in patterns if p.startswith("pattern write")]
+    assert writes and all(" edge/%u/" in p for p in writes)  # each writes only under its own id
     assert "pattern write edge/%u/up" in patterns
+    # Everyone may read what the receivers announce (nothing else outside its own prefix).
+    assert [p for p in patterns if " edge/%u/" not in p] == ["pattern read edge/receivers/+/status"]
     cfg = config.load(DEPLOY / "server.toml")
     assert f"user {cfg.central_broker.username}" in acl
     conf = (DEPLOY / "mosquitto" / "central.conf").read_text()

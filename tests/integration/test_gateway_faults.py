@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from harness import EDGE, Site, integrity, services, tally, wait_until
+from harness import EDGE, Site, assert_exactly_once, drained, integrity, services, tally, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,28 +26,6 @@ def site(tmp_path, site_mqtt, central_mqtt, unique, request):
     yield s
     s.stop_all()
     services("up", "site-mqtt", "central-mqtt")  # whatever a test stopped comes back
-
-
-def drained(site: Site, timeout: float = 90) -> None:
-    """Wait until the store holds everything in the ledger, events too (or time out).
-
-    Events count: a frame the uplink published while the receiver was still subscribing
-    again (the central broker just restarted) is resent after ``confirm_timeout_s``, and
-    can arrive after every measurement did."""
-    def complete() -> bool:
-        t = tally(site.ledger, site.store_db)
-        return not t.missing and t.events_stored >= t.events_expected
-    wait_until(complete, timeout, "every ledger record in the store", interval=1.0)
-
-
-def assert_exactly_once(site: Site) -> None:
-    t = tally(site.ledger, site.store_db)
-    assert t.expected_rows > 0
-    assert t.missing == [], f"{len(t.missing)} messages missing, e.g. {t.missing[:3]}"
-    assert t.doubled == [], f"{len(t.doubled)} messages doubled, e.g. {t.doubled[:3]}"
-    assert t.stored_rows == t.expected_rows
-    assert t.events_stored == t.events_expected
-    assert integrity(site.buffer_db) == "ok"
 
 
 def test_central_broker_down_30s_under_200_msgs_loses_nothing(site):
@@ -106,9 +84,34 @@ def test_a_full_buffer_with_reject_stops_acking_and_loses_nothing(site):
                "the quota to be reached")
     unacked_before = site.metrics()["edge_source_messages_acked_total"]
     assert unacked_before < 6000, "with the quota reached, not everything can have been acked"
+    # Full is not fine: health says so, and the source stays away instead of re-reading.
+    health = _health(site)
+    assert health["status"] == "degraded" and "quota" in health["conditions"]["buffer"]
+    status = subprocess.run([EDGE, "status", "--url", f"http://127.0.0.1:{site.gw_port}"],
+                            capture_output=True, text=True, timeout=30)
+    assert status.returncode == 1 and "DEGRADED" in status.stdout and "buffer:" in status.stdout
+    before = _pauses(site)
+    time.sleep(10)
+    assert _pauses(site) - before <= 4, "a full buffer must back off (1, 2, 4, 8 s), not poll each second"
     services("up", "central-mqtt")
     drained(site, timeout=120)
     assert_exactly_once(site)
+    wait_until(lambda: _health(site)["status"] == "ok", 30, "health ok once the buffer has room")
+
+
+def _health(site: Site) -> dict:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{site.gw_port}/healthz", timeout=5))
+    except urllib.error.HTTPError as exc:
+        return json.load(exc)
+
+
+def _pauses(site: Site) -> float:
+    return site.metrics().get('edge_source_reconnects_total{reason="full"}', 0.0)
 
 
 @pytest.mark.gateway_config({"buffer": {"quota_bytes": 400_000, "policy": "drop-oldest"}})

@@ -192,6 +192,69 @@ def tally(ledger: Path, store: Path) -> Tally:
                  sum(1 for e in entries if e.get("malformed")), quarantined)
 
 
+def drained(site: Site, timeout: float = 90) -> None:
+    """Wait until the single-node store holds everything in the ledger, events too.
+
+    Events count: a frame the uplink published while the receiver was still subscribing
+    again (the central broker just restarted) is resent after ``confirm_timeout_s``, and
+    can arrive after every measurement did."""
+    def complete() -> bool:
+        t = tally(site.ledger, site.store_db)
+        return not t.missing and t.events_stored >= t.events_expected
+    wait_until(complete, timeout, "every ledger record in the store", interval=1.0)
+
+
+def assert_exactly_once(site: Site) -> None:
+    t = tally(site.ledger, site.store_db)
+    assert t.expected_rows > 0
+    assert t.missing == [], f"{len(t.missing)} messages missing, e.g. {t.missing[:3]}"
+    assert t.doubled == [], f"{len(t.doubled)} messages doubled, e.g. {t.doubled[:3]}"
+    assert t.stored_rows == t.expected_rows
+    assert t.events_stored == t.events_expected
+    assert integrity(site.buffer_db) == "ok"
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], retain: bool = False,
+            client_id: str | None = None, timeout: float = 60) -> list[int]:
+    """Publish at QoS 1 and wait for every PUBACK; returns each message's reason code (0:
+    accepted; a failure code, or -1 when none came within ``timeout``)."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    codes: dict[int, int] = {}
+    done = threading.Condition()
+
+    def on_publish(client, userdata, mid, reason, properties):
+        with done:
+            codes[mid] = reason.value
+            done.notify_all()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        mids = [client.publish(topic, payload, qos=1, retain=retain).mid for topic, payload in messages]
+        with done:
+            done.wait_for(lambda: all(m in codes for m in mids), timeout=timeout)
+        return [codes.get(m, -1) for m in mids]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def quarantined(store: Path) -> list[tuple[str, str, dict]]:
+    """(topic, reason, record) of everything in the single-node store's quarantine."""
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        rows = [json.loads(b) for (b,) in conn.execute("SELECT body FROM quarantine ORDER BY boot_epoch, seq")]
+    finally:
+        conn.close()
+    return [(r["topic"], r["reason"], r) for r in rows]
+
+
 def integrity(db: Path) -> str:
     conn = sqlite3.connect(db)
     try:
@@ -308,3 +371,40 @@ def tally_pg(ledger: Path, server: Server) -> Tally:
     return Tally(sum(want.values()), sum(got[k] for k in want), missing, doubled,
                  sum(e.get("events", 0) for e in entries), events,
                  sum(1 for e in entries if e.get("malformed")), 0)
+
+
+def make_server(site: Site, kafka, pg_dsn: str, **sections) -> Server:
+    server = Server(site, kafka.address, pg_dsn, sections)
+    server.prepare()
+    return server
+
+
+def settle(site: Site, server: Server, timeout: float = 120) -> None:
+    """Wait until every ledger row is in PostgreSQL (or time out with the tally)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = tally_pg(site.ledger, server)
+        if not t.missing:
+            return
+        time.sleep(1)
+    t = tally_pg(site.ledger, server)
+    try:
+        metrics = {k: v for k, v in server.site.metrics("server").items() if "_created" not in k and any(
+            w in k for w in ("produced_total", "committed_total", "paused", "sink_rows", "lag{", "dlq",
+                             "receiver_frames", "actor_up", "restarts"))}
+    except OSError as exc:
+        metrics = {"unavailable": repr(exc)}
+    raise AssertionError(f"missing after {timeout:g} s: {len(t.missing)} keys, "
+                         f"{t.expected_rows - t.stored_rows} rows, e.g. {t.missing[:3]}; server: {metrics}")
+
+
+def assert_exactly_once_pg(site: Site, server: Server) -> None:
+    t = tally_pg(site.ledger, server)
+    assert t.expected_rows > 0
+    assert not t.missing, t.missing[:5]
+    assert not t.doubled, t.doubled[:5]
+    assert t.stored_rows == t.expected_rows
+    # The rollup counts exactly the stored rows: replays added nothing to it either.
+    (rolled,) = server.query("SELECT coalesce(sum(n), 0) FROM iot_measurements_hourly")[0]
+    (rows,) = server.query("SELECT count(*) FROM iot_measurements")[0]
+    assert rolled == rows
