@@ -512,7 +512,7 @@ class Buffer(EdgeActor):
         if self.db is not None:
             self.db.close()
             self.db = None
-        CONDITIONS.clear("buffer")
+        CONDITIONS.clear("buffer", quiet=True)
         FULL.set(0)
 
     def handle(self, message: Any) -> Any:

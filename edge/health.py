@@ -50,12 +50,14 @@ class Conditions:
             if not quiet:
                 _log.warning("degraded", condition=name, reason=reason, **fields)
 
-    def clear(self, name: str, **fields: Any) -> None:
+    def clear(self, name: str, quiet: bool = False, **fields: Any) -> None:
+        """``name`` is fine again (``quiet``: it stopped, nothing recovered)."""
         with self._lock:
             was = self._problems.pop(name, None)
         if was is not None:
             DEGRADED.labels(name).set(0)
-            _log.info("recovered", condition=name, was=was, **fields)
+            if not quiet:
+                _log.info("recovered", condition=name, was=was, **fields)
 
     def enter(self, name: str, what: str) -> None:
         """``name`` starts work that may block (cheap: called for every actor message)."""

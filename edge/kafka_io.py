@@ -259,7 +259,7 @@ class Delivery:
     def close(self) -> None:
         self.stopping.set()
         _close_quietly(self.producer, 5)
-        CONDITIONS.clear(self.condition)
+        CONDITIONS.clear(self.condition, quiet=True)
 
 
 def _close_quietly(producer: KafkaProducer, timeout: float = 0) -> None:

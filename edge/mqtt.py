@@ -272,7 +272,7 @@ class Session:
         self.stopping = True
         self.client.disconnect()
         self.client.loop_stop()
-        CONDITIONS.clear(self.name)
+        CONDITIONS.clear(self.name, quiet=True)
 
     def is_connected(self) -> bool:
         return self.client.is_connected()

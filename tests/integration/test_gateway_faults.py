@@ -190,3 +190,22 @@ def test_devices_last_wills_reach_the_store_when_their_connections_die(site):
                "every device online, then its Last Will (offline) in the store")
     drained(site)
     assert_exactly_once(site)
+
+
+@pytest.mark.gateway_config({"uplink": {"confirm_timeout_s": 120.0}})
+def test_after_the_central_broker_lost_everything_the_receiver_coming_back_gets_the_window_resent(site):
+    """A central broker killed with -9 forgets sessions and queued frames. Frames the gateway
+    resends at its reconnect can arrive before the receiver subscribed again; the receiver's
+    online announcement makes the gateway send them again at once, not after confirm_timeout_s."""
+    site.start("receiver")
+    site.start("gateway")
+    sim = site.simulate(count=200 * 20, rate=200)
+    time.sleep(5)
+    services("kill", "central-mqtt")
+    time.sleep(5)
+    services("up", "central-mqtt")
+    back = time.monotonic()
+    assert sim.wait(timeout=120) == 0, sim.stderr.read()
+    drained(site, timeout=60)
+    assert time.monotonic() - back < 60, "drained only after the confirmation timeout"
+    assert_exactly_once(site)
