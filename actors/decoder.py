@@ -39,6 +39,7 @@ from edge.codecs.v2 import SequenceTracker, Verdict
 from edge.decode_pool import DecodePool
 
 _log = log.get(__name__)
+_quarantine_lines = log.Throttle()  # a device sending garbage fast must not flood the log
 
 DECODED = Counter("edge_decoder_messages_decoded", "Messages decoded", ["codec"])
 RECORDS = Counter("edge_decoder_records", "Records produced")
@@ -166,5 +167,8 @@ class Decoder(EdgeActor):
     def _quarantined(topic: str, q: Quarantine | None) -> Entry:
         assert q is not None
         QUARANTINED.labels(q.reason).inc()
-        _log.warning("message_quarantined", topic=topic, reason=q.reason, detail=q.detail[:300])
+        held = _quarantine_lines.allow(q.reason)
+        if held is not None:
+            _log.warning("message_quarantined", topic=topic, reason=q.reason, detail=q.detail[:300],
+                         suppressed=held)
         return Entry(*q.entry)

@@ -41,6 +41,7 @@ from edge.mqtt import Session
 from edge.store import RecordStore, confirmation, refusal
 
 _log = log.get(__name__)
+_rejected_lines = log.Throttle()
 
 FRAMES = Counter("edge_receiver_frames", "Frames stored and confirmed")
 RECORDS = Counter("edge_receiver_records", "Records in stored frames (before dedup)")
@@ -121,8 +122,10 @@ class UplinkReceiver(EdgeActor):
             except UplinkFrameError as exc:
                 REJECTED.labels(exc.reason).inc()
                 final = exc.frame is not None and exc.frame[0] == gateway
-                _log.warning("frame_rejected", topic=topic, reason=exc.reason, detail=exc.describe()[:500],
-                             answered=final)
+                held = _rejected_lines.allow(exc.reason)
+                if held is not None:
+                    _log.warning("frame_rejected", topic=topic, reason=exc.reason,
+                                 detail=exc.describe()[:500], answered=final, suppressed=held)
                 self.store.reject(topic, payload, exc.reason, exc.describe())  # durable: a dead letter
                 self.client.ack(mid, 1)
                 if final:

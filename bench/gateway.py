@@ -58,10 +58,12 @@ def queue_messages(client_id: str, n: int, topic_fmt: str = "iot/pm-{:04d}/telem
     pub.loop_start()
     seqs: dict[int, int] = {}
     infos = []
+    now = time.time()
     for i in range(n):
         dev = i % 100
         seq = seqs[dev] = seqs.get(dev, -1) + 1
-        ts = datetime.fromtimestamp(1.7e9 + i / 1000, UTC).isoformat().replace("+00:00", "Z")
+        # Now-ish: a device time outside the decoder's plausibility window is quarantined.
+        ts = datetime.fromtimestamp(now + i / 1000, UTC).isoformat().replace("+00:00", "Z")
         doc = {"v": 2, "device_id": f"pm-{dev:04d}", "ts": ts, "seq": seq, "msg_type": "telemetry",
                "measurements": [{"type": "voltage_dc", "val": 750.0 + i % 50, "unit": "V"},
                                 {"type": "current_dc", "val": 300.0, "unit": "A"}]}
@@ -189,13 +191,13 @@ def run(site: Site, name: str, args: argparse.Namespace) -> None:
     wait_until(lambda: site.metrics("receiver")["edge_actor_up{actor=\"receiver\"}"] == 1, 30, "rx")
     services("down", "central-mqtt")
     depth = 0.0
-    site.start("gateway")
+    site.start("gateway", healthy=False)  # degraded: its central broker is down
     depth = site.metrics()["edge_buffer_depth_records"]
     more = max(0, (args.backlog - int(depth)) // 2)
     if more:
         site.kill("gateway", signal.SIGTERM)
         queue_messages(f"{name}-source", more)
-        site.start("gateway")
+        site.start("gateway", healthy=False)
         wait_until(lambda: site.metrics()["edge_buffer_depth_records"] >= depth + 2 * more, 600,
                    "backlog", interval=0.1)
     backlog = site.metrics()["edge_buffer_depth_records"]

@@ -56,6 +56,7 @@ from edge.config import KafkaConfig
 from edge.kafka_io import Delivery, consumer, producer
 
 _log = log.get(__name__)
+_dead_letter_lines = log.Throttle()
 
 LAG = Gauge("edge_kafka_consumer_lag", "Records behind the partition's end",
             ["group", "topic", "partition"])
@@ -160,8 +161,11 @@ class ConsumingActor(EdgeActor):
         """The record (or ``value``: the part of it that failed), kept with why, for
         ``<topic>.dlq``: counted and logged here."""
         DLQ.labels(rec.topic + ".dlq", reason).inc()
-        _log.warning("dead_letter", actor=self.name, topic=rec.topic, partition=rec.partition,
-                     offset=rec.offset, reason=reason, field=field, detail=detail[:300], **context)
+        held = _dead_letter_lines.allow((rec.topic, reason))
+        if held is not None:
+            _log.warning("dead_letter", actor=self.name, topic=rec.topic, partition=rec.partition,
+                         offset=rec.offset, reason=reason, field=field, detail=detail[:300],
+                         suppressed=held, **context)
         return dead_letter(rec.topic, rec.key, rec.value if value is None else value, rec.headers,
                            rec.partition, rec.offset, reason, detail, field)
 

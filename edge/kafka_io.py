@@ -38,6 +38,7 @@ from edge.config import KafkaConfig
 from edge.errors import EdgeError, ServiceError
 
 _log = log.get(__name__)
+_refused_lines = log.Throttle()
 
 PRODUCED = Counter("edge_kafka_produced", "Records Kafka acknowledged", ["topic"])
 PRODUCE_RETRIES = Counter("edge_kafka_produce_retries", "Records sent again after a failed delivery",
@@ -245,8 +246,9 @@ class Delivery:
                 _log.error("kafka_dead_letter_refused", topic=m.topic, bytes=m.size, error=repr(exc)[:300])
                 continue
             REFUSED_RECORDS.labels(m.topic, reason).inc()
-            _log.warning("kafka_message_refused", topic=m.topic, bytes=m.size, error=repr(exc)[:300],
-                         action=f"sent to {m.topic}.dlq")
+            if (held := _refused_lines.allow((m.topic, reason))) is not None:
+                _log.warning("kafka_message_refused", topic=m.topic, bytes=m.size, error=repr(exc)[:300],
+                             action=f"sent to {m.topic}.dlq", suppressed=held)
             out.append(refused(m, reason, repr(exc)))
         return out
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import Any, Literal, TextIO
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
@@ -102,3 +104,33 @@ def setup(
     root.setLevel(level.upper())
     # kafka-python narrates every connection at INFO; its warnings and errors still show.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+
+
+class Throttle:
+    """At most ``per`` lines for each key within ``interval_s``; the lines held back are
+    counted and reported by the next one that goes out (``suppressed=N``). For events whose
+    rate a sender controls (a quarantined message, a dead letter): a device flooding garbage
+    must not flood the log, nor spend the gateway's CPU writing it. Thread-safe."""
+
+    def __init__(self, per: int = 10, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per, self.interval_s, self.clock = per, interval_s, clock
+        self._lock = threading.Lock()
+        self._windows: dict[Hashable, list[float | int]] = {}  # key -> [window start, lines, held back]
+
+    def allow(self, key: Hashable) -> int | None:
+        """None: hold this line back. Else log it, with this many held back before it."""
+        now = self.clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.interval_s:
+                if len(self._windows) > 10_000:
+                    self._windows.clear()
+                held = int(window[2]) if window is not None else 0
+                self._windows[key] = [now, 1, 0]
+                return held
+            if window[1] < self.per:
+                window[1] += 1
+                return 0
+            window[2] += 1
+            return None

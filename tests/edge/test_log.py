@@ -57,3 +57,14 @@ def test_a_field_a_sender_controlled_never_breaks_a_log_line():
         stream.flush()
     text = stream.buffer.getvalue().decode()
     assert text.count("message_quarantined") == 2 and "\\ud800" in text
+
+
+def test_a_throttled_event_logs_at_most_n_lines_per_interval_and_says_how_many_it_held_back():
+    from edge.log import Throttle
+
+    now = [0.0]
+    throttle = Throttle(per=3, interval_s=10, clock=lambda: now[0])
+    assert [throttle.allow("bad_json") for _ in range(5)] == [0, 0, 0, None, None]
+    assert throttle.allow("bad_crc") == 0  # each key has its own budget
+    now[0] = 10.0
+    assert throttle.allow("bad_json") == 2  # the next line out reports the two held back

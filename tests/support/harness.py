@@ -68,13 +68,16 @@ class Site:
         (self.tmp / "gateway.toml").write_text(to_toml(gateway))
         (self.tmp / "receiver.toml").write_text(to_toml(receiver))
 
-    def start(self, role: str) -> subprocess.Popen:
+    def start(self, role: str, healthy: bool = True) -> subprocess.Popen:
+        """Start ``role`` and wait until it is healthy (``healthy=False``: until it answers
+        at all; a gateway whose central broker is down is rightly degraded)."""
         log = open(self.tmp / f"{role}.log", "ab")
         proc = subprocess.Popen([EDGE, role, "--config", str(self.tmp / f"{role}.toml")],
                                 stdout=log, stderr=log)
         self.processes[role] = proc
         port = self.gw_port if role == "gateway" else self.rx_port
-        wait_until(lambda: _healthy(port) or proc.poll() is not None, 30, f"{role} healthy")
+        ready = _healthy if healthy else _answering
+        wait_until(lambda: ready(port) or proc.poll() is not None, 30, f"{role} healthy")
         assert proc.poll() is None, f"{role} exited: {(self.tmp / f'{role}.log').read_text()[-3000:]}"
         return proc
 
@@ -144,6 +147,19 @@ def _healthy(port: int) -> bool:
 
     try:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _answering(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        return True
+    except urllib.error.HTTPError:
+        return True  # 503: degraded, and answering
     except (urllib.error.URLError, OSError):
         return False
 
