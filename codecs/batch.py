@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
-from edge.codecs.limits import MAX_DETAIL, bounded_payload, safe_text
+from edge.codecs.limits import bounded_payload, safe_text
 from edge.codecs.records import CommandAck, Event, Measurement, Quarantined, Status
 from edge.codecs.uplink import to_wire
 
@@ -56,9 +56,7 @@ def quarantine(pack: Callable[[Any], bytes], topic: str, payload: bytes, receive
     here: an oversized payload is kept as a bounded prefix with its digest, text with
     surrogates or NUL is escaped; the record always packs."""
     first = errors[0]
-    kept, note = bounded_payload(payload)
-    described = "; ".join(e.describe() for e in errors)
-    detail = safe_text(f"{note}; {described}" if note else described, MAX_DETAIL)
+    kept, detail = bounded_payload(payload, "; ".join(e.describe() for e in errors))
     field = safe_text(first.field, 200) if first.field is not None else None
     record = Quarantined(received_at, safe_text(topic, 65_535), kept, first.reason, detail, field,
                          first.offset)

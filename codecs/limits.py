@@ -233,11 +233,12 @@ def safe_text(value: str, max_chars: int = MAX_DETAIL) -> str:
     return value.replace("\x00", "\\x00")
 
 
-def bounded_payload(payload: bytes) -> tuple[bytes, str | None]:
-    """``(payload, None)`` when it may be kept whole; else the first ``KEEP_PAYLOAD`` bytes
-    and a note with the original size and SHA-256, for the quarantine record."""
+def bounded_payload(payload: bytes, detail: str) -> tuple[bytes, str]:
+    """What a quarantine or dead letter keeps of ``payload``, and its ``detail`` made
+    storable: the payload whole when it is at most ``MAX_PAYLOAD``, else its first
+    ``KEEP_PAYLOAD`` bytes, the original size and SHA-256 put in front of the detail."""
     if len(payload) <= MAX_PAYLOAD:
-        return payload, None
+        return payload, safe_text(detail)
     digest = hashlib.sha256(payload).hexdigest()
-    return payload[:KEEP_PAYLOAD], (f"payload of {len(payload)} bytes (sha256 {digest}); "
-                                    f"the first {KEEP_PAYLOAD} bytes are kept")
+    note = f"payload of {len(payload)} bytes (sha256 {digest}); the first {KEEP_PAYLOAD} bytes are kept"
+    return payload[:KEEP_PAYLOAD], safe_text(f"{note}; {detail}")

@@ -23,7 +23,6 @@ Topics (names configurable in ``[kafka]``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -34,7 +33,8 @@ from typing import Any, NamedTuple
 import msgpack
 
 from edge.codecs.errors import CodecError
-from edge.codecs.limits import INT8, KEEP_PAYLOAD, MAX_DETAIL, check_measurement, safe_text, text_problem
+from edge.codecs.limits import (INT8, MAX_DETAIL, bounded_payload, check_measurement, safe_text,
+                                text_problem)
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
 
@@ -162,8 +162,14 @@ def envelope(rows: Sequence[Row]) -> bytes:
     for dead letters of rows the database refused."""
     src = rows[0][9].rpartition("/")[0] if rows else ""
     return msgpack.packb({"v": VERSION, "src": src, "r": [
-        [int(r[9].rpartition("/")[2]) if r[9].rpartition("/")[2].isdigit() else r[9], _us(r[0]),
-         r[1], r[2] or None, r[3], r[4], r[5], r[6], r[7], r[8]] for r in rows]})
+        [_number(r[9]), _us(r[0]), r[1], r[2] or None, r[3], r[4], r[5], r[6], r[7], r[8]]
+        for r in rows]})
+
+
+def _number(source: str) -> int | str:
+    """The record number that ends a row's source identity (``gw-1/17/4711`` -> 4711)."""
+    n = source.rpartition("/")[2]
+    return int(n) if n.isdigit() else source
 
 
 def event(record: Event | Gap, key: str, gateway: str | None, topic: str) -> Message:
@@ -241,14 +247,9 @@ def refused(message: Message, reason: str, detail: str) -> Message:
     """A message Kafka refuses for good (too large, invalid), for ``<topic>.dlq``: its value
     whole when it is small enough to travel, else a bounded prefix (the digest and size in
     ``dlq_detail``); the original headers kept, each bounded."""
-    value, note = message.value, None
-    if len(value) > MAX_MESSAGE // 2:
-        note = f"value of {len(value)} bytes (sha256 {hashlib.sha256(value).hexdigest()}); " \
-               f"the first {KEEP_PAYLOAD} bytes are kept"
-        value = value[:KEEP_PAYLOAD]
+    value, detail = bounded_payload(message.value, detail)
     headers = [(k[:256], v[:4096]) for k, v in message.headers if not k.startswith("dlq_")][:32]
-    headers += [("dlq_reason", _header(reason)),
-                ("dlq_detail", _header(f"{note}; {detail}" if note else detail)),
+    headers += [("dlq_reason", _header(reason)), ("dlq_detail", _header(detail)),
                 ("dlq_source", f"{message.topic}/produce".encode())]
     return Message(message.topic + ".dlq", message.key[:1024] if message.key else None, value, headers)
 

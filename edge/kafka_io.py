@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTimestampError,
@@ -30,12 +31,12 @@ from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTimesta
 from prometheus_client import Counter, Histogram
 
 from edge import log
-from edge.health import CONDITIONS
-from edge.codecs.limits import bounded_payload, safe_text
+from edge.codecs.limits import bounded_payload
 from edge.codecs.stream import Message, Topics, from_batch, raw, refused
 from edge.codecs.uplink import Batch
 from edge.config import KafkaConfig
 from edge.errors import EdgeError, ServiceError
+from edge.health import CONDITIONS
 
 _log = log.get(__name__)
 _refused_lines = log.Throttle()
@@ -163,16 +164,8 @@ class Delivery:
             progress = time.monotonic()
             stalled = False
             for m, f in futures:
-                while not f.is_done and not stalled:
-                    try:
-                        self.producer.flush(timeout=self.wait_s)
-                    except KafkaTimeoutError:
-                        pass
-                    if self.stopping.is_set() and not f.is_done:
-                        raise Stopped("stopping while Kafka had not acknowledged a delivery")
-                    if f.is_done:
-                        break
-                    stalled = time.monotonic() - progress > self.stall_s
+                if not stalled and not self._wait(f, progress):
+                    stalled = True
                 if not f.is_done:
                     failed.append(m)  # the stalled producer's: sent again by a new one
                     continue
@@ -222,7 +215,13 @@ class Delivery:
             future = self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers)
         except (KafkaTimeoutError, *REFUSED) as exc:
             return exc
-        started = time.monotonic()
+        if not self._wait(future, time.monotonic()):
+            return KafkaTimeoutError("no answer")
+        return future.exception if future.failed() else None
+
+    def _wait(self, future: Any, since: float) -> bool:
+        """Flush until ``future`` is done (True), or until the producer has completed
+        nothing for ``stall_s`` since ``since`` (False). ``Stopped`` when the owner stops."""
         while not future.is_done:
             try:
                 self.producer.flush(timeout=self.wait_s)
@@ -230,9 +229,9 @@ class Delivery:
                 pass
             if self.stopping.is_set() and not future.is_done:
                 raise Stopped("stopping while Kafka had not acknowledged a delivery")
-            if not future.is_done and time.monotonic() - started > self.stall_s:
-                return KafkaTimeoutError("no answer")
-        return future.exception if future.failed() else None
+            if not future.is_done and time.monotonic() - since > self.stall_s:
+                return False
+        return True
 
     @staticmethod
     def _dead_letters(gone: list[tuple[Message, BaseException]]) -> list[Message]:
@@ -293,8 +292,7 @@ class KafkaStore:
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
         gateway = topic.split("/")[1] if topic.count("/") == 2 else None
-        kept, note = bounded_payload(frame)
-        detail = safe_text(f"{note}; {detail}" if note else detail)
+        kept, detail = bounded_payload(frame, detail)
         self.delivery.deliver([raw(self.topics.raw + ".dlq", topic, kept, datetime.now(UTC), gateway,
                                    gateway=gateway, dlq_reason=reason, dlq_detail=detail)])
 

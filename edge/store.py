@@ -107,8 +107,7 @@ class SqliteStore:
                                       json.dumps(doc, ensure_ascii=False, default=str)))
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
-        kept, note = bounded_payload(frame)
-        detail = safe_text(f"{note}; {detail}" if note else detail)
+        kept, detail = bounded_payload(frame, detail)
         with self.conn:
             self.conn.execute("INSERT INTO rejected_frames (received_at, topic, frame, reason, detail) "
                               "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, kept, reason, detail))
