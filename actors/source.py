@@ -221,7 +221,6 @@ class MqttSource(EdgeActor):
                     self.held -= count
                     self.room.notify_all()
                 UNACKED.dec(count)
-                self.full_backoff = 0.0
             case Refused(generation, reason, full):
                 if generation != self.generation or self.reconnect_at is not None:
                     return None
@@ -230,6 +229,10 @@ class MqttSource(EdgeActor):
                 else:
                     self._reconnect(reason)
             case Room() | _Resume():
+                if isinstance(message, Room):
+                    # Only Room resets the backoff: a buffer at its quota may still take
+                    # a small batch, and a reset on that commit polled it every second.
+                    self.full_backoff = 0.0
                 if self.reconnect_at is not None:
                     self.reconnect_at = None
                     _log.info("source_resumed", reason="buffer has room" if isinstance(message, Room)
