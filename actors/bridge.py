@@ -21,13 +21,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.codecs import stream
 from edge.codecs.dispatch import topic_matches
 from edge.config import BridgeConfig, KafkaConfig, MqttConfig
-from edge.kafka_io import Delivery, producer
-from edge.mqtt import Session, ack_many
+from edge.io.kafka import Delivery, producer
+from edge.io.mqtt import Session, ack_many
 
 _log = log.get(__name__)
 

@@ -43,13 +43,13 @@ import pykka
 import sqlite_utils
 from prometheus_client import Counter, Gauge
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
-from edge.health import CONDITIONS
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
+from edge.runtime.health import CONDITIONS
 from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.codecs.records import Gap
 from edge.codecs.uplink import to_wire
-from edge.sqlite_rows import immediate, insert_rows
+from edge.io.sqlite import immediate, insert_rows
 
 _log = log.get(__name__)
 

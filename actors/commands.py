@@ -34,13 +34,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import PRIORITY_HIGH, Entry, StoreLocal
 from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
-from edge.mqtt import Session
+from edge.io.mqtt import Session
 
 _log = log.get(__name__)
 

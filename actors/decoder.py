@@ -14,7 +14,7 @@ arrive meanwhile wait here (bounded by the source's receive maximum) and are dec
 order, once the state is back.
 
 The decoding itself (``edge.codecs.batch``) runs on this actor's thread, or with
-``[decoder] processes`` >= 1 in decoder processes (edge/decode_pool.py) that do not share
+``[decoder] processes`` >= 1 in decoder processes (edge/io/decode_pool.py) that do not share
 the gateway's GIL; the tracker, the counters, the logs and the ack chain stay here either
 way, applied to the outcomes in message order.
 """
@@ -27,8 +27,8 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Entry, GetSeqState, SeqState, Store
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
@@ -36,7 +36,7 @@ from edge.codecs.batch import Message, Quarantine, decode_batch
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.registry import CODECS
 from edge.codecs.v2 import SequenceTracker, Verdict
-from edge.decode_pool import DecodePool
+from edge.io.decode_pool import DecodePool
 
 _log = log.get(__name__)
 _quarantine_lines = log.Throttle()  # a device sending garbage fast must not flood the log

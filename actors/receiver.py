@@ -32,13 +32,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter, Histogram
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
-from edge.mqtt import Session
-from edge.store import RecordStore, confirmation, refusal
+from edge.io.mqtt import Session
+from edge.io.store import RecordStore, confirmation, refusal
 
 _log = log.get(__name__)
 _rejected_lines = log.Throttle()

@@ -1,8 +1,8 @@
 """TimescaleSink: ``decoded_iot_data`` and ``device_events`` into PostgreSQL/TimescaleDB.
 
-A consumer group member (edge/consuming.py): batches by size and time, parses a batch on
+A consumer group member (actors/consuming.py): batches by size and time, parses a batch on
 the actor's thread while the batches before it are written, writes it in one database
-transaction on a writer thread (edge/sink_db.py: binary COPY into staging, then INSERT),
+transaction on a writer thread (edge/io/sink_db.py: binary COPY into staging, then INSERT),
 and commits the Kafka offsets only after the database committed, in batch order.
 
 ``writers`` (default 2) batches are written at once, each on its own connection: most of
@@ -34,13 +34,13 @@ import psycopg
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
-from edge import log
-from edge.actor import ActorContext
+from edge.runtime import log
+from edge.runtime.actor import ActorContext
 from edge.codecs import stream
 from edge.codecs.errors import CodecError
 from edge.config import KafkaConfig, PostgresConfig, SinkConfig
-from edge.consuming import ConsumingActor
-from edge.sink_db import SinkDb
+from edge.actors.consuming import ConsumingActor
+from edge.io.sink_db import SinkDb
 
 _log = log.get(__name__)
 

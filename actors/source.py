@@ -33,12 +33,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter, Gauge
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
-from edge.mqtt import Session, ack_many
+from edge.io.mqtt import Session, ack_many
 
 _log = log.get(__name__)
 

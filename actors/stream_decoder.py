@@ -9,7 +9,7 @@ every ``registry_refresh_s``; a database that is away leaves the cached registry
 Measurements go to the decoded topic, events to the events topic, and a message that does
 not decode (or decodes only in part) to ``<topic>.dlq`` with reason code, field, byte
 offset and the record's coordinates. Offsets are committed only after Kafka acknowledged
-everything produced from them (edge/consuming.py).
+everything produced from them (actors/consuming.py).
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ import psycopg
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
-from edge import log, registry_db
-from edge.actor import ActorContext
+from edge.runtime import log
+from edge.io import registry_db
+from edge.runtime.actor import ActorContext
 from edge.codecs import stream
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
 from edge.codecs.records import Event, Measurement, iso
 from edge.codecs.registry import Registry
 from edge.config import KafkaConfig, PostgresConfig, StreamDecoderConfig
-from edge.consuming import ConsumingActor
-from edge.pg import connect
+from edge.actors.consuming import ConsumingActor
+from edge.io.pg import connect
 
 _log = log.get(__name__)
 

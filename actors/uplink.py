@@ -31,14 +31,14 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Confirm, DeadLetter, GetStats, Leased, LeaseRequest, Rewind
 from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import UplinkConfig
-from edge.link import Link
+from edge.io.link import Link
 
 _log = log.get(__name__)
 

@@ -35,7 +35,7 @@ from harness import Site, drop_session, services, wait_until  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 from edge.config import MqttConfig  # noqa: E402
-from edge.mqtt import connect_properties, make_client  # noqa: E402
+from edge.io.mqtt import connect_properties, make_client  # noqa: E402
 
 SITE, CENTRAL = 18831, 18832
 
@@ -78,7 +78,7 @@ def baseline(n: int) -> float:
     client_id = f"bench-bare-{uuid.uuid4().hex[:6]}"
     # Topics no gateway session subscribes to: the gateway's queue stays as it is.
     queue_messages(client_id, n, "bare/pm-{:04d}/telemetry", "bare/+/telemetry")
-    # Stock paho, not edge.mqtt's client: the yardstick is paho as shipped.
+    # Stock paho, not edge.io.mqtt's client: the yardstick is paho as shipped.
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                          manual_ack=True)
     got = 0

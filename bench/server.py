@@ -35,9 +35,9 @@ import psycopg  # noqa: E402
 from edge.codecs.records import Measurement, iso  # noqa: E402
 from edge.codecs.uplink import Batch  # noqa: E402
 from edge.config import KafkaConfig, MqttConfig, PostgresConfig  # noqa: E402
-from edge.kafka_io import KafkaStore  # noqa: E402
-from edge.mqtt import make_client  # noqa: E402
-from edge.sink_db import SinkDb  # noqa: E402
+from edge.io.kafka import KafkaStore  # noqa: E402
+from edge.io.mqtt import make_client  # noqa: E402
+from edge.io.sink_db import SinkDb  # noqa: E402
 
 SITE, CENTRAL, KAFKA, PG = 18831, 18832, "127.0.0.1:19092", "postgresql://edge@127.0.0.1:54329/edge_test"
 
@@ -77,7 +77,7 @@ def bench_rows(n: int) -> list[tuple]:
 def copy_alone(server: Server, n: int) -> float:
     """The machine's yardstick (the issue quotes about 750,000 rows/s here): binary COPY of
     the same rows into a plain table with no key, 10,000 rows per transaction."""
-    from edge.sink_db import COLUMNS, TYPES
+    from edge.io.sink_db import COLUMNS, TYPES
 
     rows = bench_rows(n)
     with psycopg.connect(server.dsn) as conn:

@@ -40,7 +40,7 @@ from edge.codecs.uplink import Batch
 
 VERSION = 1
 # Bytes of one produced message at most: half of Kafka's default message.max.bytes (1 MiB),
-# which is also what the server creates its topics with (edge.kafka_io.ensure_topics).
+# which is also what the server creates its topics with (edge.io.kafka.ensure_topics).
 MAX_MESSAGE = 512 * 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Headers = list[tuple[str, bytes]]

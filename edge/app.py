@@ -22,9 +22,9 @@ from edge.codecs import registry as registry_mod
 from edge.codecs.errors import CodecError
 from edge.config import Config, MqttConfig
 from edge.errors import ConfigError, ConfigProblem
-from edge.link import Link, LocalLink, MqttLink
-from edge.runtime import ActorSpec
-from edge.store import RecordStore, SqliteStore
+from edge.io.link import Link, LocalLink, MqttLink
+from edge.runtime.graph import ActorSpec
+from edge.io.store import RecordStore, SqliteStore
 
 
 def read_registry(cfg: Config) -> str:

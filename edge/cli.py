@@ -100,8 +100,9 @@ def _load(path: str) -> config.Config | None:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from edge import app, log
-    from edge.runtime import run_graph
+    from edge import app
+    from edge.runtime import log
+    from edge.runtime.graph import run_graph
 
     cfg = _load(args.config)
     if cfg is None:
@@ -116,9 +117,10 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _receiver(args: argparse.Namespace) -> int:
-    from edge import app, log
-    from edge.runtime import run_graph
-    from edge.store import SqliteStore
+    from edge import app
+    from edge.runtime import log
+    from edge.runtime.graph import run_graph
+    from edge.io.store import SqliteStore
 
     cfg = _load(args.config)
     if cfg is None:
@@ -137,7 +139,7 @@ def _receiver(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from edge import log
+    from edge.runtime import log
 
     cfg = _load(args.config)
     if cfg is None:
@@ -147,8 +149,8 @@ def _server(args: argparse.Namespace) -> int:
         return _migrate(cfg)
     from edge import app
     from edge.actors.bridge import parse_mappings
-    from edge.kafka_io import KafkaStore, ensure_topics
-    from edge.runtime import run_graph
+    from edge.io.kafka import KafkaStore, ensure_topics
+    from edge.runtime.graph import run_graph
 
     base = app.kafka_client_base(cfg)
     store = None
@@ -173,7 +175,7 @@ def _server(args: argparse.Namespace) -> int:
 def _migrate(cfg: config.Config) -> int:
     import psycopg
 
-    from edge import pg
+    from edge.io import pg
 
     try:
         with pg.connect(cfg.postgres, autocommit=True, statement_timeout=False) as conn:
@@ -196,7 +198,7 @@ def _migrate(cfg: config.Config) -> int:
 def _registry(args: argparse.Namespace) -> int:
     import psycopg
 
-    from edge import pg, registry_db
+    from edge.io import pg, registry_db
     from edge.codecs import registry as registry_mod
     from edge.codecs.errors import CodecError
 
@@ -235,7 +237,7 @@ def _simulate(args: argparse.Namespace) -> int:
     import uuid
 
     from edge.config import MqttConfig
-    from edge.simulate import Traffic, run
+    from edge.tools.simulate import Traffic, run
 
     host, _, port = args.broker.rpartition(":")
     if not host or not port.isdigit():
@@ -344,7 +346,7 @@ def _buffer(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edge import demo
+    from edge.tools import demo
 
     outage = None
     if args.outage != "none":
@@ -365,7 +367,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from edge import status
+    from edge.tools import status
 
     return status.render(args.url, sys.stdout)
 

@@ -253,7 +253,7 @@ class SourceConfig:
 class DecoderConfig:
     """[decoder] ``registry``: the device registry file (see fixtures/registry.toml).
     ``processes``: 0 decodes on the decoder actor's thread, in the gateway's process (the
-    smallest footprint); N >= 1 decodes in N separate processes (edge/decode_pool.py), so
+    smallest footprint); N >= 1 decodes in N separate processes (edge/io/decode_pool.py), so
     decoding does not share the GIL with paho: more ingest, and more memory (measured: one
     process and multiprocessing's resource tracker, 33.5 MB)."""
 

@@ -90,8 +90,8 @@ def unique() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_conditions_left_over():
-    """edge.health.CONDITIONS is process-wide (as in a real process): each test starts clean."""
-    from edge.health import CONDITIONS
+    """edge.runtime.health.CONDITIONS is process-wide (as in a real process): each test starts clean."""
+    from edge.runtime.health import CONDITIONS
 
     CONDITIONS.reset()
     yield

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.actor import EdgeActor
+from edge.runtime.actor import EdgeActor
 from edge.actors.buffer import GetSeqState, SeqState, Store
 from edge.actors.decoder import Decoder, Incoming
 from edge.config import SupervisionConfig
-from edge.runtime import ActorSpec, Runtime
+from edge.runtime.graph import ActorSpec, Runtime
 
 REGISTRY = (Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml").read_text()
 

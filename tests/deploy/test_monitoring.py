@@ -21,7 +21,7 @@ DASHBOARD = REPO / "deploy" / "server" / "grafana" / "dashboards" / "edge-overvi
 def exported_metrics() -> set[str]:
     for module in pkgutil.iter_modules(edge.actors.__path__):
         importlib.import_module(f"edge.actors.{module.name}")
-    importlib.import_module("edge.metrics")
+    importlib.import_module("edge.runtime.metrics")
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
                 "summary": ("_sum", "_count")}
     return {family.name + suffix for family in REGISTRY.collect()

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import MqttConfig, Secret
-from edge.mqtt import make_client
+from edge.io.mqtt import make_client
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "pi" / "install.sh"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import config, log
+from edge import config
+from edge.runtime import log
 from edge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

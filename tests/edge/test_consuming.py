@@ -10,9 +10,9 @@ from typing import NamedTuple
 from harness import wait_until
 from kafka import TopicPartition
 
-from edge.actor import ActorContext
+from edge.runtime.actor import ActorContext
 from edge.config import KafkaConfig
-from edge.consuming import ConsumingActor, records_behind
+from edge.actors.consuming import ConsumingActor, records_behind
 
 A, B, C = (TopicPartition("t", p) for p in range(3))
 

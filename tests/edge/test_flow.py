@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge.flow import Credits
+from edge.runtime.flow import Credits
 
 
 def test_acquire_beyond_the_limit_waits_and_times_out():

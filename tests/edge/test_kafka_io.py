@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from edge.codecs.stream import Message
-from edge.kafka_io import Delivery
+from edge.io.kafka import Delivery
 
 
 class _Future:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from edge import log
+from edge.runtime import log
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_the_level_filters(stream):
 def test_a_field_a_sender_controlled_never_breaks_a_log_line():
     import io as _io
 
-    from edge import log as _log
+    from edge.runtime import log as _log
 
     stream = _io.TextIOWrapper(_io.BytesIO(), encoding="utf-8")
     for fmt in ("kv", "json"):
@@ -60,7 +60,7 @@ def test_a_field_a_sender_controlled_never_breaks_a_log_line():
 
 
 def test_a_throttled_event_logs_at_most_n_lines_per_interval_and_says_how_many_it_held_back():
-    from edge.log import Throttle
+    from edge.runtime.log import Throttle
 
     now = [0.0]
     throttle = Throttle(per=3, interval_s=10, clock=lambda: now[0])

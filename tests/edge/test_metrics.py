@@ -7,10 +7,10 @@ import time
 import urllib.error
 import urllib.request
 
-from edge import metrics
-from edge.actor import EdgeActor
+from edge.runtime import metrics
+from edge.runtime.actor import EdgeActor
 from edge.config import SupervisionConfig
-from edge.runtime import ActorSpec, Runtime
+from edge.runtime.graph import ActorSpec, Runtime
 
 
 class Echo(EdgeActor):
@@ -131,7 +131,7 @@ def test_an_actor_blocked_longer_than_the_stall_bound_makes_health_degraded_unti
 def test_a_condition_reported_by_a_component_degrades_health_and_is_logged_once_per_change(caplog):
     import logging
 
-    from edge.health import Conditions
+    from edge.runtime.health import Conditions
 
     conditions = Conditions()
     with caplog.at_level(logging.INFO):

@@ -1,4 +1,4 @@
-"""edge.mqtt's changes to paho's receive path: the same bytes and properties as stock paho,
+"""edge.io.mqtt's changes to paho's receive path: the same bytes and properties as stock paho,
 only cheaper (see the module's docstring for the figures)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.mqtt import (READ_CHUNK, Client, _Matcher, _matcher_is_replaceable, _ReadBuffer, ack_many,
+from edge.io.mqtt import (READ_CHUNK, Client, _Matcher, _matcher_is_replaceable, _ReadBuffer, ack_many,
                        connect_properties, make_client, nodelay, share_property_tables)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE = "import edge, edge.actors, edge.codecs, edge.runtime; print(edge.codecs.__file__)"
+PROBE = "import edge, edge.actors, edge.codecs, edge.runtime.graph; print(edge.codecs.__file__)"
 
 
 def test_the_editable_install_maps_the_folders():

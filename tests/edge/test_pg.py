@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from edge import pg, registry_db
+from edge.io import pg, registry_db
 from edge.codecs import registry as registry_mod
 from edge.config import PostgresConfig
-from edge.sink_db import SchemaNotReady, SinkDb
+from edge.io.sink_db import SchemaNotReady, SinkDb
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.actor import EdgeActor
+from edge.runtime.actor import EdgeActor
 from edge.config import SupervisionConfig
 from edge.errors import StartupError
-from edge.runtime import EXIT_CRASH_LOOP, ActorSpec, Runtime, start_order
+from edge.runtime.graph import EXIT_CRASH_LOOP, ActorSpec, Runtime, start_order
 
 APP = Path(__file__).resolve().parent.parent / "helpers" / "graph_app.py"
 

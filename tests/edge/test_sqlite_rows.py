@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from edge.sqlite_rows import insert_rows
+from edge.io.sqlite import insert_rows
 
 
 @pytest.mark.parametrize("limit", [250_000, 10, 3])

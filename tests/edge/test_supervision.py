@@ -9,11 +9,11 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from edge.actor import EdgeActor
+from edge.runtime.actor import EdgeActor
 from edge.config import SupervisionConfig
 from edge.errors import CrashLoopError
-from edge.runtime import ActorSpec, Runtime
-from edge.supervision import RestartPolicy, RestartTracker
+from edge.runtime.graph import ActorSpec, Runtime
+from edge.runtime.supervision import RestartPolicy, RestartTracker
 
 
 def metric(name: str, actor: str) -> float:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 import time
 
-from edge import config, log
-from edge.actor import EdgeActor
-from edge.runtime import ActorSpec, run_graph
+from edge import config
+from edge.runtime import log
+from edge.runtime.actor import EdgeActor
+from edge.runtime.graph import ActorSpec, run_graph
 
 
 class Recorder(EdgeActor):

@@ -1,7 +1,7 @@
 """Kafka consumers against a real broker: joins that complete, and stalls that recover.
 
 kafka-python 3.0.12 left a consumer "rebalancing" for good when a poll timed out during a
-rejoin that a metadata change had started (edge.kafka_io._complete_pending_joins). The
+rejoin that a metadata change had started (edge.io.kafka._complete_pending_joins). The
 consumers here must finish that join; and a consumer that stops fetching for any other
 reason is rebuilt by its actor (ConsumingActor's watch).
 """
@@ -16,10 +16,10 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
 
-from edge.actor import ActorContext
+from edge.runtime.actor import ActorContext
 from edge.config import KafkaConfig
-from edge.consuming import REBUILDS, ConsumingActor
-from edge.kafka_io import consumer
+from edge.actors.consuming import REBUILDS, ConsumingActor
+from edge.io.kafka import consumer
 from harness import wait_until
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 from harness import Site, wait_until
 
 from edge.config import MqttConfig
-from edge.mqtt import make_client
+from edge.io.mqtt import make_client
 
 pytestmark = pytest.mark.integration
 

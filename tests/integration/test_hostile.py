@@ -298,7 +298,7 @@ def test_kafka_refusing_a_message_for_good_dead_letters_it_and_the_delivery_goes
 
     from edge.codecs.stream import Message
     from edge.config import KafkaConfig
-    from edge.kafka_io import Delivery, ensure_topics, producer
+    from edge.io.kafka import Delivery, ensure_topics, producer
 
     cfg = KafkaConfig(bootstrap_servers=(kafka.address,), decoded_topic=f"{unique}.d", raw_topic=f"{unique}.r",
                       events_topic=f"{unique}.e")
@@ -439,7 +439,7 @@ def test_a_broker_that_refuses_a_message_for_good_does_not_take_its_neighbours_w
 
     from edge.codecs.stream import Message
     from edge.config import KafkaConfig
-    from edge.kafka_io import Delivery, producer
+    from edge.io.kafka import Delivery, producer
 
     topic = f"{unique}.small"
     admin = KafkaAdminClient(bootstrap_servers=kafka.address)

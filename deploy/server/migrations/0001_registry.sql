@@ -1,7 +1,7 @@
 -- The device registry, as the field systems keep it: device types, templates with their
 -- data points (and icons), devices, a controller's connectors and the pins that carry a
 -- sensor, plus the topic -> codec mappings. `edge registry load FILE` fills it from the
--- registry TOML; the server's decoder reads it back (edge/registry_db.py).
+-- registry TOML; the server's decoder reads it back (edge/io/registry_db.py).
 --
 -- Every row has a natural key, so loading the same file twice changes nothing.
 

@@ -25,20 +25,20 @@ from typing import IO, Any
 from prometheus_client import REGISTRY
 
 from edge import config as config_mod
-from edge import log
-from edge.actor import ActorContext, EdgeActor
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Buffer, Committed, GetStats, Refused
 from edge.actors.decoder import Decoder, Incoming
 from edge.actors.uplink import Uplink
 from edge.codecs.records import Measurement, iso
 from edge.codecs.uplink import Batch
-from edge.flow import Credits
-from edge.link import LocalLink
-from edge.runtime import ActorSpec, Runtime
-from edge.simulate import Traffic
-from edge.store import SqliteStore
+from edge.runtime.flow import Credits
+from edge.io.link import LocalLink
+from edge.runtime.graph import ActorSpec, Runtime
+from edge.tools.simulate import Traffic
+from edge.io.store import SqliteStore
 
-REPO_REGISTRY = Path(__file__).resolve().parent.parent / "fixtures" / "registry.toml"
+REPO_REGISTRY = Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml"
 IN_FLIGHT = 1000  # like the site broker's receive maximum
 
 
@@ -286,7 +286,7 @@ class _PlainView:
 def _view(ui: bool, out: IO[str]) -> _PlainView:
     if ui:
         try:
-            from edge.demo_ui import RichView
+            from edge.tools.demo_ui import RichView
         except ImportError:
             print("(rich is not installed: plain output; pip install 'edge-runtime[demo]')", file=out)
         else:

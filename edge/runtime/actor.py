@@ -16,11 +16,11 @@ from typing import Any
 
 import pykka
 
-from edge import log
+from edge.runtime import log
 from edge.errors import ActorUnavailableError
-from edge.flow import Credits
-from edge.health import CONDITIONS
-from edge.metrics import (
+from edge.runtime.flow import Credits
+from edge.runtime.health import CONDITIONS
+from edge.runtime.metrics import (
     ACTOR_ERRORS,
     ACTOR_MESSAGES_IN,
     ACTOR_MESSAGES_OUT,

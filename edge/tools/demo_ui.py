@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from edge.actors.buffer import GetStats
-from edge.demo import _metric, _sum, recent_latency
+from edge.tools.demo import _metric, _sum, recent_latency
 
 
 class RichView:

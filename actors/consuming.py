@@ -27,7 +27,7 @@ was only taken is dropped *uncommitted* and read again from the committed offset
 A consumer that owns partitions with records past its position and fetches none of them
 for ``stall_s`` is closed and built again (``edge_kafka_consumer_rebuilds``). The one such
 stall seen here (kafka-python 3.0.12 never finishing a rejoin a metadata change started)
-is worked around in ``edge.kafka_io``; this watch is for whatever else leaves a client
+is worked around in ``edge.io.kafka``; this watch is for whatever else leaves a client
 assigned but silent: it costs broker calls only while the consumer is idle.
 """
 
@@ -48,12 +48,12 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge import log
-from edge.actor import ActorContext, EdgeActor
-from edge.health import CONDITIONS
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
+from edge.runtime.health import CONDITIONS
 from edge.codecs.stream import Message, dead_letter
 from edge.config import KafkaConfig
-from edge.kafka_io import Delivery, consumer, producer
+from edge.io.kafka import Delivery, consumer, producer
 
 _log = log.get(__name__)
 _dead_letter_lines = log.Throttle()

@@ -36,7 +36,7 @@ from prometheus_client import Counter
 from edge.codecs.stream import Row
 from edge.config import PostgresConfig
 from edge.errors import EdgeError
-from edge.pg import connect, pending
+from edge.io.pg import connect, pending
 
 COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
 TYPES = ["timestamptz", "text", "text", "int2", "int4", "text", "float8", "text", "text", "text"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from edge import log
+from edge.runtime import log
 
 _log = log.get(__name__)
 

@@ -20,12 +20,12 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from edge import log
+from edge.runtime import log
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig
-from edge.mqtt import Session
-from edge.store import RecordStore, confirmation, refusal
+from edge.io.mqtt import Session
+from edge.io.store import RecordStore, confirmation, refusal
 
 _log = log.get(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import pykka
 
-from edge import log
-from edge.actor import ActorHandle, Ping
+from edge.runtime import log
+from edge.runtime.actor import ActorHandle, Ping
 from edge.errors import CrashLoopError
-from edge.metrics import ACTOR_ERRORS, ACTOR_RESTARTS, ACTOR_UP
+from edge.runtime.metrics import ACTOR_ERRORS, ACTOR_RESTARTS, ACTOR_UP
 
 _log = log.get(__name__)
 

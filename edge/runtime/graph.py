@@ -21,13 +21,14 @@ from typing import Any
 
 import pykka
 
-from edge import log, metrics, mqtt, systemd
-from edge.actor import ActorContext, ActorHandle, Ping
+from edge.runtime import log, metrics, systemd
+from edge.io import mqtt
+from edge.runtime.actor import ActorContext, ActorHandle, Ping
 from edge.config import Config, SupervisionConfig
 from edge.errors import CrashLoopError, RuntimeFailure, StartupError
-from edge.health import CONDITIONS
-from edge.metrics import ACTOR_UP
-from edge.supervision import RestartPolicy, Supervisor
+from edge.runtime.health import CONDITIONS
+from edge.runtime.metrics import ACTOR_UP
+from edge.runtime.supervision import RestartPolicy, Supervisor
 
 _log = log.get(__name__)
 
@@ -133,7 +134,7 @@ class Runtime:
         self._started.clear()
 
     def health(self) -> dict[str, Any]:
-        """Each actor's state and every condition that degrades the process (edge.health):
+        """Each actor's state and every condition that degrades the process (edge.runtime.health):
         ok only when every actor runs and nothing is unreachable, full or stuck."""
         actors = {name: self.supervisor.state(name) for name in self.handles}
         conditions = CONDITIONS.report(self.config.stall_s)

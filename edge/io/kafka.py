@@ -30,13 +30,13 @@ from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTimesta
                           RecordListTooLargeError)
 from prometheus_client import Counter, Histogram
 
-from edge import log
+from edge.runtime import log
 from edge.codecs.limits import bounded_payload
 from edge.codecs.stream import Message, Topics, from_batch, raw, refused
 from edge.codecs.uplink import Batch
 from edge.config import KafkaConfig
 from edge.errors import EdgeError, ServiceError
-from edge.health import CONDITIONS
+from edge.runtime.health import CONDITIONS
 
 _log = log.get(__name__)
 _refused_lines = log.Throttle()
@@ -271,7 +271,7 @@ def _close_quietly(producer: KafkaProducer, timeout: float = 0) -> None:
 
 
 class KafkaStore:
-    """The distributed deployment's ``RecordStore`` (edge/store.py) for the UplinkReceiver:
+    """The distributed deployment's ``RecordStore`` (edge/io/store.py) for the UplinkReceiver:
     measurements to the decoded topic, events and gap records to the events topic,
     quarantined messages raw to the raw topic, unreadable frames to ``<raw>.dlq``.
     ``write`` returns only when Kafka acknowledged every record (acks=all): then, and only

@@ -27,7 +27,7 @@ from edge.codecs import registry as registry_mod
 from edge.codecs.records import iso
 from edge.codecs.template import CompiledTemplate
 from edge.config import MqttConfig
-from edge.mqtt import make_client
+from edge.io.mqtt import make_client
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,9 +57,9 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import log
+from edge.runtime import log
 from edge.config import MqttConfig
-from edge.health import CONDITIONS
+from edge.runtime.health import CONDITIONS
 
 _log = log.get(__name__)
 
@@ -175,7 +175,7 @@ def _can_queue_raw() -> bool:
     params = list(inspect.signature(queue).parameters)[:5] if queue is not None else []
     if params != ["self", "command", "packet", "mid", "qos"]:
         _log.warning("paho_ack_many_unavailable", reason="paho.mqtt.client.Client._packet_queue is not "
-                     "what edge.mqtt was written for: acking one message at a time")
+                     "what edge.io.mqtt was written for: acking one message at a time")
         return False
     return True
 
@@ -200,7 +200,7 @@ def share_property_tables(cls: type[Properties] = Properties) -> bool:
         return True
     probe = cls(PacketTypes.PUBLISH)
     if set(vars(probe)) != _PROPERTY_ATTRS or not isinstance(probe.names, dict):
-        _log.warning("paho_properties_unchanged", reason="paho's Properties is not what edge.mqtt "
+        _log.warning("paho_properties_unchanged", reason="paho's Properties is not what edge.io.mqtt "
                      "was written for", attributes=sorted(vars(probe)))
         return False
     kinds = tuple(probe.types)
@@ -230,7 +230,7 @@ class Session:
     paho's doubling backoff between ``reconnect_min_s`` (jittered, so a fleet that lost the
     same broker does not come back at the same moment) and ``reconnect_max_s``, keeps a
     persistent session when ``session_expiry_s`` is given, and subscribes again at every
-    connect. Its state is logged and reported to ``/healthz`` (edge.health) once per change:
+    connect. Its state is logged and reported to ``/healthz`` (edge.runtime.health) once per change:
     connected, refused by the broker (with its reason code), unreachable (with the socket
     or TLS error), lost. Callbacks run on paho's thread; ``on_connect(flags)`` and
     ``on_disconnect(reason)`` are the owner's, called after the session's own handling.
@@ -341,7 +341,7 @@ def _matcher_is_replaceable(client: mqtt.Client) -> bool:
             and not root._children:
         return True
     _warn_once("paho_matcher_unchanged", "paho.mqtt.client.Client._on_message_filtered is not the "
-               "MQTTMatcher edge.mqtt was written for: every message walks it")
+               "MQTTMatcher edge.io.mqtt was written for: every message walks it")
     return False
 
 

@@ -22,7 +22,7 @@ from edge.codecs.errors import CodecError
 from edge.codecs.limits import bounded_payload, safe_text
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
-from edge.sqlite_rows import immediate, insert_rows
+from edge.io.sqlite import immediate, insert_rows
 
 
 def confirmation(batch: Batch) -> bytes:

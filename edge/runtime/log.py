@@ -2,7 +2,7 @@
 
 Call sites pass an event name and fields::
 
-    log = edge.log.get(__name__)
+    log = edge.runtime.log.get(__name__)
     log.info("actor_started", actor="buffer", took_ms=3.1)
 
 and ``setup()`` (called once by the CLI) picks the format. Secrets never reach a log line
@@ -65,7 +65,7 @@ class _EventFormatter(logging.Formatter):
 
 
 class KeyValueFormatter(_EventFormatter):
-    """``ts=... level=info logger=edge.runtime event=actor_started actor=buffer``."""
+    """``ts=... level=info logger=edge.runtime.graph event=actor_started actor=buffer``."""
 
     def format(self, record: logging.LogRecord) -> str:
         return _printable(" ".join(f"{k}={_kv(v)}" for k, v in self.event(record).items()))

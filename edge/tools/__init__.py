@@ -1,0 +1,2 @@
+"""Tools around the runtime: ``edge demo`` (and its terminal view), ``edge simulate`` and
+``edge status``."""
