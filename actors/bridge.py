@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.codecs import stream
 from edge.codecs.dispatch import topic_matches
 from edge.config import BridgeConfig, KafkaConfig, MqttConfig
 from edge.io.kafka import Delivery, producer
-from edge.io.mqtt import Session, ack_many
+from edge.io.mqtt import MqttMessage, PahoClient, Session, ack_many
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 
@@ -54,7 +53,7 @@ class DirectBridge(EdgeActor):
         self.broker, self.kafka, self.cfg, self.client_id = broker, kafka, cfg, client_id
         self.mappings = parse_mappings(cfg.mappings)
         self.session: Session | None = None
-        self.client: mqtt.Client | None = None
+        self.client: PahoClient | None = None
         self.delivery: Delivery | None = None
         self.lock = threading.Lock()
         self.pending: list[tuple[int, str, bytes, datetime]] = []
@@ -82,7 +81,7 @@ class DirectBridge(EdgeActor):
             self.delivery.close()
             self.delivery = None
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
         with self.lock:
             wake = not self.pending
             self.pending.append((message.mid, message.topic, message.payload, datetime.now(UTC)))

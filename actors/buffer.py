@@ -24,61 +24,35 @@ Leases are bounded by records and by bytes (the uplink's frame limit); a row too
 any frame (a record stored by an older version) is moved to ``dead_letters`` with the
 reason instead of stopping the uplink.
 
-A corrupt database is found at start by ``PRAGMA integrity_check``, moved aside with a
-timestamped name, reported, and replaced by a new one: never silently deleted.
+The SQLite side (tables, transactions, the quota's arithmetic, a corrupt file moved aside)
+is ``edge.io.buffer_db.BufferDB``; this actor owns one and answers its peers.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgpack
 import pykka
-import sqlite_utils
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
+from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
+from edge.io.buffer_db import BufferDB, Entry, Leased
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
-from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
-from edge.codecs.records import Gap
-from edge.codecs.uplink import to_wire
-from edge.io.sqlite import immediate, insert_rows
+
+__all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committed", "Confirm",
+           "DeadLetter", "Entry", "GetSeqState", "GetStats", "LeaseRequest", "Leased", "Refused",
+           "Rewind", "Room", "SeqState", "Store", "StoreLocal"]
 
 _log = log.get(__name__)
 
-SCHEMA_VERSION = 1
-ROW_OVERHEAD = 48  # bytes per row besides the body, for the quota's estimate
-
-STORED = Counter("edge_buffer_records_stored", "Records committed to the buffer", ["priority"])
-CONFIRMED = Counter("edge_buffer_records_confirmed", "Records confirmed by the server and deleted")
-DROPPED = Counter("edge_buffer_records_dropped", "Telemetry records dropped by the drop-oldest policy")
-REJECTED = Counter("edge_buffer_batches_rejected", "Batches left unacked because the quota was reached")
-COMMITS = Counter("edge_buffer_commits", "Transactions committed")
-DEPTH = Gauge("edge_buffer_depth_records", "Records waiting for confirmation")
-BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
-OLDEST = Gauge("edge_buffer_oldest_record_timestamp_seconds",
-               "When the oldest waiting record was stored (Unix time; 0 when empty)")
-CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at start and moved aside")
-DEAD = Counter("edge_buffer_records_dead_lettered", "Records moved to the buffer's dead letters", ["reason"])
 FULL = Gauge("edge_buffer_full", "1 while the quota is reached with policy reject: ingest paused")
 
 
 # ----------------------------------------------------------------------------- messages
-class Entry(NamedTuple):
-    """One record to store. A tuple, so the decoder hands on the (priority, body) pairs of
-    ``edge.codecs.batch.Outcome`` as they are (no object built per record)."""
-
-    priority: int
-    body: bytes  # the record's wire form (edge.codecs.uplink.to_wire), msgpack-packed
-
-
 @dataclass(frozen=True, slots=True)
 class Store:
     """From the decoder: records of one batch of MQTT messages, to commit together.
@@ -145,12 +119,6 @@ class DeadLetter:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Leased:
-    boot_epoch: int
-    seqs: tuple[int, ...]
-    bodies: tuple[bytes, ...]
-
 
 @dataclass(frozen=True, slots=True)
 class Confirm:
@@ -172,7 +140,8 @@ class GetSeqState:
     """The persisted v2 sequence state, told back to ``reply_to`` as ``SeqState`` (a
     message, not an ask: it queues behind every Store already sent, which is the point,
     and the decoder never blocks on a busy buffer). ``reply_to`` is the requester's own
-    ref, not its name: a restarting actor's handle is rebound only after its ping."""
+    ref, not its name: the answer goes to the very instance that asked, never to a
+    successor that replaced it meanwhile (that one asks again)."""
 
     reply_to: Any
 
@@ -180,311 +149,6 @@ class GetSeqState:
 @dataclass(frozen=True, slots=True)
 class SeqState:
     state: dict[str, tuple[int, str | None]]
-
-
-# ----------------------------------------------------------------------------- database
-def open_db(path: str, durability: str = "power-safe") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power-safe' else 'NORMAL'}")
-    return conn
-
-
-def check_integrity(path: Path) -> Path | None:
-    """Run integrity_check; a corrupt file (and its WAL) is moved aside. Returns where."""
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(path)
-        result = conn.execute("PRAGMA integrity_check").fetchall()
-        conn.close()
-        ok = result == [("ok",)]
-        detail = "; ".join(r[0] for r in result[:5])
-    except sqlite3.DatabaseError as exc:
-        ok, detail = False, str(exc)
-    if ok:
-        return None
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            src.rename(Path(str(aside) + suffix))
-    CORRUPT.inc()
-    _log.error("buffer_corrupt_moved_aside", path=str(path), moved_to=str(aside), detail=detail)
-    return aside
-
-
-class BufferDB:
-    """The buffer's storage logic. One owner thread (the Buffer actor, or a CLI)."""
-
-    def __init__(self, path: str, durability: str = "power-safe", quota_bytes: int = 1024**3,
-                 policy: str = "reject", clock: Any = time.time) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.moved_aside = check_integrity(self.path)
-        self.conn = open_db(str(self.path), durability)
-        self.quota_bytes = quota_bytes
-        self.policy = policy
-        self.clock = clock
-        self._migrate()
-        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
-        self.boot_epoch = int(meta.get("boot_epoch", 0)) + 1
-        top = self.conn.execute("SELECT max(seq) FROM records").fetchone()[0]
-        self.next_seq = max(int(meta.get("next_seq", 1)), (top or 0) + 1)
-        self.dropped_total = int(meta.get("dropped_total", 0))
-        self.last_generation = int(meta.get("source_generation", 0))
-        self.last_batch = int(meta.get("source_batch", 0))
-        self.refused_generations: set[int] = set()
-        self._set_meta(boot_epoch=self.boot_epoch)
-        depth, size = self.conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
-        self.depth, self.bytes = depth, size
-        self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
-        self._publish()
-
-    def _migrate(self) -> None:
-        db = sqlite_utils.Database(self.conn)
-        db["meta"].create({"key": str, "value": int}, pk="key", if_not_exists=True)
-        version = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if version is None:
-            db["records"].create({"seq": int, "boot_epoch": int, "priority": int, "body": bytes,
-                                  "size": int, "stored_at": float}, pk="seq", if_not_exists=True)
-            db["records"].create_index(["priority", "seq"], if_not_exists=True)
-            db["seq_state"].create({"device_id": str, "last_seq": int, "boot_ts": str},
-                                   pk="device_id", if_not_exists=True)
-            self._set_meta(schema_version=SCHEMA_VERSION)
-        db["dead_letters"].create({"seq": int, "boot_epoch": int, "priority": int, "body": bytes,
-                                   "stored_at": float, "reason": str, "dead_at": float},
-                                  pk="seq", if_not_exists=True)
-
-    def _set_meta(self, **values: int) -> None:
-        insert_rows(self.conn, "INSERT OR REPLACE INTO meta (key, value)", list(values.items()))
-
-    def _publish(self, oldest_moved: bool = True) -> None:
-        DEPTH.set(self.depth)
-        BYTES.set(self.bytes)
-        if oldest_moved:
-            OLDEST.set(self.oldest_stored_at() or 0)
-
-    def oldest_stored_at(self) -> float | None:
-        """By sequence (the primary key), not min(stored_at): that would scan the table."""
-        row = self.conn.execute("SELECT stored_at FROM records ORDER BY seq LIMIT 1").fetchone()
-        return row[0] if row else None
-
-    # -- writing
-    def check_order(self, generation: int, batch: int) -> str | None:
-        """None when (generation, batch) follows what was committed; else why not."""
-        if generation in self.refused_generations:
-            return "an earlier batch of this connection was refused"
-        if generation == self.last_generation and batch != self.last_batch + 1:
-            return f"batch {batch} does not follow committed batch {self.last_batch}"
-        if generation != self.last_generation and batch != 1:
-            return f"first batch seen of a connection is {batch}, not 1"
-        return None
-
-    def refuse(self, generation: int) -> None:
-        self.refused_generations.add(generation)
-
-    def store(self, entries: Sequence[tuple[int, bytes]], seq_state: dict[str, tuple[int, str | None]],
-              generation: int | None = None, batch: int | None = None) -> bool:
-        """Commit a batch with its identities. False: the quota (reject policy) refused it."""
-        incoming = sum(len(body) for _, body in entries) + ROW_OVERHEAD * len(entries)
-        dropped: tuple[int, int, int, int] | None = None
-        if self.bytes + incoming > self.quota_bytes:
-            if self.policy == "reject":
-                if self.depth or incoming <= self.quota_bytes:
-                    REJECTED.inc()
-                    return False
-                # Larger than the whole quota, and nothing to wait for: store it, or it
-                # would block ingest for good.
-                _log.warning("buffer_batch_exceeds_quota", bytes=incoming, quota_bytes=self.quota_bytes)
-            else:
-                dropped = self._drop_oldest(self.bytes + incoming - self.quota_bytes)
-        now = self.clock()
-        rows = []
-        seq = self.next_seq
-        if dropped is not None:
-            gap = msgpack.packb(gap_record(now, dropped[0], dropped[1], dropped[2]), use_bin_type=True)
-            rows.append((seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
-            seq += 1
-        epoch = self.boot_epoch
-        for priority, body in entries:
-            rows.append((seq, epoch, priority, body, len(body) + ROW_OVERHEAD, now))
-            seq += 1
-        conn = self.conn
-        with immediate(conn):
-            if dropped is not None:
-                first, last, count, _ = dropped
-                conn.execute("DELETE FROM records WHERE priority = ? AND seq BETWEEN ? AND ?",
-                             (PRIORITY_TELEMETRY, first, last))
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped_total', ?)",
-                             (self.dropped_total + count,))
-            insert_rows(conn, "INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at)", rows)
-            if seq_state:
-                insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts)",
-                            [(d, s, b) for d, (s, b) in seq_state.items()])
-            if generation is not None and batch is not None:
-                self._set_meta(source_generation=generation, source_batch=batch, next_seq=seq)
-            else:
-                self._set_meta(next_seq=seq)
-        COMMITS.inc()
-        self.next_seq = seq
-        if generation is not None and batch is not None:
-            self.last_generation, self.last_batch = generation, batch
-        if dropped is not None:
-            _, _, count, freed = dropped
-            self.dropped_total += count
-            DROPPED.inc(count)
-            self.depth -= count
-            self.bytes -= freed
-            _log.warning("buffer_dropped_oldest", records=count, first_seq=dropped[0],
-                         last_seq=dropped[1], dropped_total=self.dropped_total)
-        self.depth += len(rows)
-        self.bytes += sum(r[4] for r in rows)
-        STORED.labels(str(PRIORITY_TELEMETRY)).inc(sum(1 for r in rows if r[2] == PRIORITY_TELEMETRY))
-        STORED.labels(str(PRIORITY_HIGH)).inc(sum(1 for r in rows if r[2] == PRIORITY_HIGH))
-        # Appending moves the oldest row only into an empty buffer (or past dropped rows).
-        self._publish(oldest_moved=self.depth == len(rows) or dropped is not None)
-        return True
-
-    def _drop_oldest(self, need: int) -> tuple[int, int, int, int] | None:
-        """(first seq, last seq, count, bytes) of the oldest telemetry rows not leased to
-        the uplink that free ``need`` bytes; the caller deletes them in its transaction.
-
-        Leased rows are in flight: a batch sent while the central broker was away still
-        reaches it when it is back (paho queues it). Dropping them would put records in a
-        gap record that the server then receives; so while the uplink's window holds the
-        oldest rows, the quota can be exceeded by at most that window."""
-        freed, first, last, count = 0, None, None, 0
-        for seq, size in self.conn.execute(
-                "SELECT seq, size FROM records WHERE priority = ? AND seq > ? ORDER BY seq",
-                (PRIORITY_TELEMETRY, self.cursor[PRIORITY_TELEMETRY])):
-            first = seq if first is None else first
-            last, count, freed = seq, count + 1, freed + size
-            if freed >= need:
-                break
-        if first is None or last is None:
-            return None
-        # Rows of other classes between first and last stay: the DELETE names the class.
-        return first, last, count, freed
-
-    def expire(self, ttl_s: float) -> int:
-        """Delete telemetry stored more than ``ttl_s`` ago and not leased to the uplink
-        (wall clock: off by default, as a Pi's clock jumps at boot); count it as dropped and
-        store a gap record for it."""
-        if ttl_s <= 0:
-            return 0
-        now = self.clock()
-        cutoff = now - ttl_s
-        first, last, count, size = self.conn.execute(
-            "SELECT min(seq), max(seq), count(*), coalesce(sum(size), 0) FROM records "
-            "WHERE priority = ? AND stored_at < ? AND seq > ?",
-            (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY])).fetchone()
-        if not count:
-            return 0
-        gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
-        seq = self.next_seq
-        conn = self.conn
-        with immediate(conn):
-            conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ? AND seq > ?",
-                         (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY]))
-            conn.execute("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
-            self._set_meta(next_seq=seq + 1, dropped_total=self.dropped_total + count)
-        self.next_seq = seq + 1
-        self.dropped_total += count
-        self.depth += 1 - count
-        self.bytes += len(gap) + ROW_OVERHEAD - size
-        DROPPED.inc(count)
-        self._publish()
-        _log.warning("buffer_expired", records=count, ttl_s=ttl_s, first_seq=first, last_seq=last)
-        return count
-
-    # -- leasing
-    def lease(self, max_records: int, max_bytes: int = 1 << 62) -> Leased | None:
-        """The oldest unleased rows, class 0 first; all of one boot epoch; at most
-        ``max_bytes`` of bodies (at least one row, whatever its size)."""
-        rows: list[tuple[int, int, bytes, int]] = []
-        size = 0
-        for priority in (PRIORITY_HIGH, PRIORITY_TELEMETRY):
-            need = max_records - len(rows)
-            if need <= 0 or size >= max_bytes:
-                break
-            for seq, boot, body in self.conn.execute(
-                    "SELECT seq, boot_epoch, body FROM records WHERE priority = ? AND seq > ? "
-                    "ORDER BY seq LIMIT ?", (priority, self.cursor[priority], need)):
-                if rows and size + len(body) > max_bytes:
-                    break
-                rows.append((seq, boot, body, priority))
-                size += len(body)
-        if not rows:
-            return None
-        boot = min(rows)[1]
-        rows = sorted(r for r in rows if r[1] == boot)
-        for seq, _, _, priority in rows:
-            self.cursor[priority] = max(self.cursor[priority], seq)
-        return Leased(boot, tuple(r[0] for r in rows), tuple(r[2] for r in rows))
-
-    def dead_letter(self, seqs: tuple[int, ...], reason: str) -> int:
-        """Move rows that can never travel to ``dead_letters`` (kept, with the reason)."""
-        now = self.clock()
-        conn = self.conn
-        with immediate(conn):
-            moved: list[int] = []
-            for chunk in range(0, len(seqs), 500):
-                part = seqs[chunk:chunk + 500]
-                marks = ",".join("?" * len(part))
-                conn.execute(f"INSERT OR REPLACE INTO dead_letters (seq, boot_epoch, priority, body, "
-                             f"stored_at, reason, dead_at) SELECT seq, boot_epoch, priority, body, "
-                             f"stored_at, ?, ? FROM records WHERE seq IN ({marks})", (reason, now, *part))
-                moved += [r[0] for r in conn.execute(
-                    f"DELETE FROM records WHERE seq IN ({marks}) RETURNING size", part)]
-        self.depth -= len(moved)
-        self.bytes -= sum(moved)
-        DEAD.labels(reason).inc(len(moved))
-        self._publish()
-        _log.error("buffer_dead_lettered", records=len(moved), reason=reason,
-                   detail="kept in the buffer's dead_letters table (edge buffer dead)")
-        return len(moved)
-
-    def rewind(self) -> None:
-        self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
-
-    def confirm(self, seqs: tuple[int, ...]) -> int:
-        conn = self.conn
-        with immediate(conn):
-            sizes: list[int] = []
-            for chunk in range(0, len(seqs), 500):
-                part = seqs[chunk:chunk + 500]
-                sizes += [r[0] for r in conn.execute(
-                    f"DELETE FROM records WHERE seq IN ({','.join('?' * len(part))}) RETURNING size",
-                    part)]
-        self.depth -= len(sizes)
-        self.bytes -= sum(sizes)
-        CONFIRMED.inc(len(sizes))
-        self._publish()
-        return len(sizes)
-
-    # -- reading
-    def seq_state(self) -> dict[str, tuple[int, str | None]]:
-        return {d: (s, b) for d, s, b in self.conn.execute(
-            "SELECT device_id, last_seq, boot_ts FROM seq_state")}
-
-    def stats(self) -> dict[str, Any]:
-        oldest = self.oldest_stored_at()
-        return {"depth": self.depth, "bytes": self.bytes, "boot_epoch": self.boot_epoch,
-                "next_seq": self.next_seq, "dropped_total": self.dropped_total,
-                "oldest_age_s": round(self.clock() - oldest, 3) if oldest else 0.0,
-                "quota_bytes": self.quota_bytes, "policy": self.policy}
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def gap_record(now: float, first: int, last: int, count: int, reason: str = "quota") -> list[Any]:
-    """The wire form of a gap record: telemetry sequences first..last, ``count`` dropped."""
-    return to_wire(Gap(datetime.fromtimestamp(now, UTC), first, last, count, reason))
 
 
 # ----------------------------------------------------------------------------- actor

@@ -20,27 +20,23 @@ ack travels up with priority through the decoder and closes the command here.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgpack
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import PRIORITY_HIGH, Entry, StoreLocal
 from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
+from edge.io.commands_db import CommandQueue
 from edge.io.mqtt import Session
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 
@@ -88,28 +84,19 @@ class CommandRouter(EdgeActor):
         self.broker, self.client_id, self.path = broker, client_id, path
         self.offline_after_s, self.buffer = offline_after_s, buffer
         self.presence: dict[str, tuple[float, str | None]] = {}
-        self.conn: sqlite3.Connection | None = None
+        self.queue: CommandQueue | None = None
         self.session: Session | None = None
-        self.client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.stop_ticker = threading.Event()
         self.pending = 0  # commands waiting: no routing work on the hot path when 0
 
     def on_start(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS commands (cmd_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, "
-            "deadline REAL NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
-            "state TEXT NOT NULL, received_at REAL NOT NULL, delivered_at REAL, result TEXT)")
+        self.queue = CommandQueue(self.path)
         self.session = Session(self.broker, self.client_id, "site broker (commands)",
                                on_connect=lambda flags: self.connected.set(),
                                on_disconnect=lambda reason: self.connected.clear())
-        self.client = self.session.client
         self.session.start()
-        self.pending = self.conn.execute("SELECT count(*) FROM commands WHERE state = 'pending'").fetchone()[0]
+        self.pending = self.queue.count_pending()
         threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
         self._publish_gauges()
 
@@ -117,10 +104,10 @@ class CommandRouter(EdgeActor):
         self.stop_ticker.set()
         if self.session is not None:
             self.session.stop()
-            self.session = self.client = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+            self.session = None
+        if self.queue is not None:
+            self.queue.close()
+            self.queue = None
 
     def _tick(self) -> None:
         while not self.stop_ticker.wait(1.0):
@@ -139,9 +126,8 @@ class CommandRouter(EdgeActor):
                 if self.pending:
                     self._route()
             case DeviceAck(cmd_id, result):
-                assert self.conn is not None
-                self.conn.execute("UPDATE commands SET state = 'acked', result = ? WHERE cmd_id = ?",
-                                  (result, cmd_id))
+                assert self.queue is not None
+                self.queue.acked(cmd_id, result)
             case _Tick():
                 if self.pending:
                     self._route()
@@ -155,7 +141,7 @@ class CommandRouter(EdgeActor):
         return status != "offline" and now - at <= self.offline_after_s
 
     def _accept(self, payload: bytes) -> None:
-        assert self.conn is not None
+        assert self.queue is not None
         try:
             doc = json.loads(payload)
             cmd_id, device, kind = str(doc["cmd_id"]), str(doc["device_id"]), doc["kind"]
@@ -177,37 +163,29 @@ class CommandRouter(EdgeActor):
             return
         RECEIVED.labels(kind).inc()
         self.pending += 1
-        self.conn.execute("INSERT OR IGNORE INTO commands (cmd_id, device_id, deadline, topic, payload, "
-                          "state, received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                          (cmd_id, device, deadline, topic, json.dumps(body).encode(), time.time()))
+        self.queue.add(cmd_id, device, deadline, topic, json.dumps(body).encode(), time.time())
         _log.info("command_received", cmd_id=cmd_id, device=device, kind=kind)
 
     def _route(self) -> None:
-        assert self.conn is not None
+        assert self.queue is not None
         now = time.time()
-        for cmd_id, device, deadline, topic, payload in self.conn.execute(
-                "SELECT cmd_id, device_id, deadline, topic, payload FROM commands "
-                "WHERE state = 'pending' ORDER BY received_at").fetchall():
+        for cmd_id, device, deadline, topic, payload in self.queue.pending():
             if now >= deadline:
                 self._expire(cmd_id, device, now)
-            elif self.online(device, now) and self.connected.is_set() and self.client is not None:
-                props = Properties(PacketTypes.PUBLISH)
-                props.MessageExpiryInterval = max(1, int(deadline - now))
-                self.client.publish(topic, payload, qos=1, properties=props)
-                self.conn.execute("UPDATE commands SET state = 'delivered', delivered_at = ? "
-                                  "WHERE cmd_id = ?", (now, cmd_id))
+            elif self.online(device, now) and self.connected.is_set() and self.session is not None:
+                self.session.publish(topic, payload, expiry_s=max(1, int(deadline - now)))
+                self.queue.delivered(cmd_id, now)
                 DELIVERED.inc()
                 _log.info("command_delivered", cmd_id=cmd_id, device=device, topic=topic)
-        self.pending = self.conn.execute("SELECT count(*) FROM commands WHERE state = 'pending'").fetchone()[0]
+        self.pending = self.queue.count_pending()
         PENDING.set(self.pending)
 
     def _expire(self, cmd_id: str, device: str, now: float) -> None:
-        assert self.conn is not None
+        assert self.queue is not None
         ack = CommandAck(datetime.fromtimestamp(now, UTC), device, None, None, cmd_id, "expired",
                          "deadline passed before the device could be reached")
         self.send(self.buffer, StoreLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),)))
-        self.conn.execute("UPDATE commands SET state = 'expired', result = 'expired' WHERE cmd_id = ?",
-                          (cmd_id,))
+        self.queue.expired(cmd_id)
         EXPIRED.inc()
         _log.warning("command_expired", cmd_id=cmd_id, device=device)
 

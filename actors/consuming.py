@@ -21,8 +21,9 @@ every consumer here absorbs by record identity.
 When ``process`` raises one of ``retryable`` (the database is away), the batch is kept
 (with the batches in flight after it, once their writers are done, and the records taken
 after them, behind it), the partitions are paused (polling continues, so the group keeps
-the member), and the batch is retried alone with capped exponential backoff. On a rebalance the batch in flight is finished and committed; what
-was only taken is dropped *uncommitted* and read again from the committed offsets.
+the member), and the batch is retried alone with capped exponential backoff. On a
+rebalance the batch in flight is finished and committed; what was only taken is dropped
+*uncommitted* and read again from the committed offsets.
 
 A consumer that owns partitions with records past its position and fetches none of them
 for ``stall_s`` is closed and built again (``edge_kafka_consumer_rebuilds``). The one such
@@ -42,18 +43,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
+from edge.codecs.stream import Message, dead_letter
+from edge.config import KafkaConfig
+from edge.errors import ServiceUnavailable
+from edge.io import kafka as kafka_io
+from edge.io.kafka import Delivery, KafkaRecord, Partition, RebalanceListener, consumer, producer
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
-from edge.codecs.stream import Message, dead_letter
-from edge.config import KafkaConfig
-from edge.io.kafka import Delivery, consumer, producer
 
 _log = log.get(__name__)
 _dead_letter_lines = log.Throttle()
@@ -91,27 +90,8 @@ class _Poll:
 class _InFlight:
     """A batch handed to the writer thread; the future's result is its duration."""
 
-    batch: list[ConsumerRecord]
+    batch: list[KafkaRecord]
     future: Future[float]
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, actor: ConsumingActor) -> None:
-        self.actor = actor
-
-    # kafka-python runs these on its network thread, where no blocking consumer call (commit,
-    # committed) may run and the actor may be mid-batch: they only raise flags, which the
-    # actor handles on its own thread after its next poll (``_rebalanced``). Positions are
-    # rewound only once an assignment is complete: a revocation starts a rebalance that is
-    # still under way, and a seek then races the group's own offset handling.
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.actor.rebalanced.set()
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.actor.assigned.set()
-        self.actor.rebalanced.set()
-        _log.info("partitions_assigned", actor=self.actor.name, group=self.actor.group,
-                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class ConsumingActor(EdgeActor):
@@ -126,7 +106,7 @@ class ConsumingActor(EdgeActor):
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.consumer: Any = None
         self.delivery: Delivery | None = None
-        self.pending: list[ConsumerRecord] = []
+        self.pending: list[KafkaRecord] = []
         self.writers = writers
         self.inflight: deque[_InFlight] = deque()  # oldest first
         self.writer = ThreadPoolExecutor(writers, thread_name_prefix=f"{ctx.name}-writer")
@@ -134,8 +114,8 @@ class ConsumingActor(EdgeActor):
         self.retry_at: float | None = None
         self.retry_delay = retry_initial_s
         self.lag_at = 0.0
-        self.committed: dict[TopicPartition, int] = {}
-        self.next_offset: dict[TopicPartition, int] = {}  # after the last record taken
+        self.committed: dict[Partition, int] = {}
+        self.next_offset: dict[Partition, int] = {}  # after the last record taken
         self._paused = PAUSED.labels(group)
         self.rebalanced = threading.Event()
         self.assigned = threading.Event()
@@ -146,7 +126,7 @@ class ConsumingActor(EdgeActor):
         self.behind_since: float | None = None  # records seen waiting, none taken since
 
     # -- subclass API ------------------------------------------------------------------
-    def prepare(self, records: list[ConsumerRecord]) -> Any:
+    def prepare(self, records: list[KafkaRecord]) -> Any:
         """CPU work on a batch, on the actor's thread while the previous batch is being
         written; what it returns goes to ``process``. By default, the records."""
         return records
@@ -156,7 +136,7 @@ class ConsumingActor(EdgeActor):
         Runs on a writer thread: one batch at a time, in order, unless ``writers`` > 1."""
         raise NotImplementedError
 
-    def dead_letter(self, rec: ConsumerRecord, reason: str, detail: str, field: str | None,
+    def dead_letter(self, rec: KafkaRecord, reason: str, detail: str, field: str | None,
                     value: bytes | None = None, **context: Any) -> Message:
         """The record (or ``value``: the part of it that failed), kept with why, for
         ``<topic>.dlq``: counted and logged here."""
@@ -182,8 +162,20 @@ class ConsumingActor(EdgeActor):
     def _subscribe(self) -> None:
         self.consumer = consumer(self.kafka, self.client_id, self.group, self.batch_max)
         self._await_metadata()
-        self.consumer.subscribe(list(self.topics), listener=_Listener(self))
+        self.consumer.subscribe(list(self.topics), listener=RebalanceListener(
+            self.rebalanced.set, self._on_assigned))
         self.progress_at, self.behind_since = time.monotonic(), None
+
+    # kafka-python calls these on its network thread, where no blocking consumer call (commit,
+    # committed) may run and the actor may be mid-batch: they only raise flags, which the
+    # actor handles on its own thread after its next poll (``_rebalanced``). Positions are
+    # rewound only once an assignment is complete: a revocation starts a rebalance that is
+    # still under way, and a seek then races the group's own offset handling.
+    def _on_assigned(self, assigned: list[Partition]) -> None:
+        self.assigned.set()
+        self.rebalanced.set()
+        _log.info("partitions_assigned", actor=self.name, group=self.group,
+                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     def _await_metadata(self, timeout_s: float = 30.0) -> None:
         """Join the group only once this client knows the topics' partitions: a member that
@@ -217,9 +209,9 @@ class ConsumingActor(EdgeActor):
     def _close_consumer(self) -> None:
         """Leave the group without committing: what was not committed is read again."""
         try:
-            self.consumer.close(autocommit=False, timeout_ms=5_000)
-        except KafkaError as exc:
-            _log.warning("consumer_close_failed", actor=self.name, error=repr(exc))
+            kafka_io.close_consumer(self.consumer)
+        except ServiceUnavailable as exc:
+            _log.warning("consumer_close_failed", actor=self.name, error=str(exc))
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -265,7 +257,7 @@ class ConsumingActor(EdgeActor):
             self._lag()
             self._watch(now)
 
-    def _take(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _take(self, polled: dict[Partition, list[KafkaRecord]]) -> None:
         if self.rebalanced.is_set():
             self._rebalanced()  # what this poll returned may follow records just dropped
             return
@@ -319,24 +311,18 @@ class ConsumingActor(EdgeActor):
             return False
         PROCESS_SECONDS.labels(self.group).observe(seconds)
         BATCH_RECORDS.labels(self.group).observe(len(batch))
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in batch:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
         if _EXIT_BEFORE_COMMIT and random.random() < _EXIT_BEFORE_COMMIT:
             _log.warning("fault_injected", actor=self.name, fault="exit before offset commit",
                          records=len(batch))
             os._exit(86)
         try:
-            self.consumer.commit(offsets)
-            self.committed.update((tp, om.offset) for tp, om in offsets.items())
+            self.committed.update(kafka_io.commit(self.consumer, batch))
             COMMITTED.labels(self.group).inc(len(batch))
-        except (CommitFailedError, KafkaError) as exc:
+        except ServiceUnavailable as exc:
             # Processed durably but not committed (a rebalance took the partitions): the
             # next owner replays these records, and identity keys absorb the replay.
             _log.warning("commit_failed", actor=self.name, group=self.group, records=len(batch),
-                         error=repr(exc))
+                         error=str(exc))
         if self.retry_at is not None:
             self.retry_at, self.retry_delay = None, self.retry_initial_s
             paused = self.consumer.paused()
@@ -375,18 +361,10 @@ class ConsumingActor(EdgeActor):
         if not rewind:
             return  # revoked: the assignment that completes this rebalance rewinds
         try:
-            paused = self.consumer.paused()
-            if paused:
-                self.consumer.resume(*paused)
-            for tp in self.consumer.assignment():
-                offset = self.consumer.committed(tp)
-                if offset is None:
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, offset)
-        except KafkaError as exc:
+            kafka_io.rewind_to_committed(self.consumer)
+        except ServiceUnavailable as exc:
             # Positions unknown: crash, and the restarted consumer starts from the commits.
-            raise RuntimeError(f"{self.name}: cannot rewind after a rebalance: {exc!r}") from exc
+            raise RuntimeError(f"{self.name}: cannot rewind after a rebalance: {exc}") from exc
 
     def _watch(self, now: float) -> None:
         """Rebuild the consumer when records have waited past its position for ``stall_s``
@@ -398,8 +376,8 @@ class ConsumingActor(EdgeActor):
             self.behind_since = None
             return
         try:
-            behind = records_behind(self.consumer, self.next_offset)
-        except KafkaError:
+            behind = kafka_io.records_behind(self.consumer, self.next_offset)
+        except ServiceUnavailable:
             return  # the broker is away: no evidence either way
         if not behind:
             self.behind_since = None
@@ -408,7 +386,7 @@ class ConsumingActor(EdgeActor):
         elif now - self.behind_since >= self.stall_s:
             self._rebuild(behind, now - self.progress_at)
 
-    def _rebuild(self, behind: dict[TopicPartition, int], idle_s: float) -> None:
+    def _rebuild(self, behind: dict[Partition, int], idle_s: float) -> None:
         REBUILDS.labels(self.group).inc()
         _log.error("kafka_consumer_stalled", actor=self.name, group=self.group,
                    idle_s=round(idle_s, 1), stall_s=self.stall_s,
@@ -423,37 +401,8 @@ class ConsumingActor(EdgeActor):
 
     def _lag(self) -> None:
         try:
-            for tp in self.consumer.assignment():
-                high = self.consumer.highwater(tp)
-                if high is None:
-                    continue
-                # Lag is counted from what is committed (durable), not merely fetched.
-                position = self.committed.get(tp) or self.consumer.position(tp, timeout_ms=100)
-                if position is not None:
-                    LAG.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - position))
-        except KafkaError:
+            for tp, n in kafka_io.lag(self.consumer, self.committed).items():
+                LAG.labels(self.group, tp.topic, str(tp.partition)).set(n)
+        except ServiceUnavailable:
             pass
 
-
-def records_behind(consumer: Any, taken: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-    """Records past this consumer's position in each assigned partition, for partitions
-    that have any. The position is the one after the last record taken, else the
-    committed offset, else the partition's beginning (``earliest``)."""
-    assigned = list(consumer.assignment())
-    if not assigned:
-        return {}
-    ends = consumer.end_offsets(assigned, timeout_ms=5_000)
-    behind: dict[TopicPartition, int] = {}
-    starts: dict[TopicPartition, int] | None = None
-    for tp in assigned:
-        position = taken.get(tp)
-        if position is None:
-            position = consumer.committed(tp, timeout_ms=5_000)
-        if position is None:
-            if starts is None:
-                starts = consumer.beginning_offsets(assigned, timeout_ms=5_000)
-            position = starts.get(tp, 0)
-        waiting = ends.get(tp, 0) - position
-        if waiting > 0:
-            behind[tp] = waiting
-    return behind

@@ -27,8 +27,6 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Entry, GetSeqState, SeqState, Store
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
@@ -37,6 +35,8 @@ from edge.codecs.dispatch import Dispatcher
 from edge.codecs.registry import CODECS
 from edge.codecs.v2 import SequenceTracker, Verdict
 from edge.io.decode_pool import DecodePool
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 _quarantine_lines = log.Throttle()  # a device sending garbage fast must not flood the log

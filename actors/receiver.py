@@ -29,16 +29,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from prometheus_client import Counter, Histogram
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
-from edge.io.mqtt import Session
+from edge.io.mqtt import MqttMessage, PahoClient, Session
 from edge.io.store import RecordStore, confirmation, refusal
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 _rejected_lines = log.Throttle()
@@ -60,7 +59,7 @@ class UplinkReceiver(EdgeActor):
         super().__init__(ctx)
         self.broker, self.cfg, self.store, self.client_id = broker, cfg, store, client_id
         self.session: Session | None = None
-        self.client: mqtt.Client | None = None
+        self.client: PahoClient | None = None
         self.lock = threading.Lock()
         self.pending: list[tuple[int, str, bytes]] = []
         self.status_topic = f"edge/receivers/{client_id}/status"
@@ -90,7 +89,7 @@ class UplinkReceiver(EdgeActor):
         self.client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         _log.info("receiver_connected", host=self.broker.host, group=self.cfg.share_group)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
         with self.lock:
             wake = not self.pending
             self.pending.append((message.mid, message.topic, message.payload))

@@ -30,17 +30,17 @@ import threading
 import time
 from typing import Any
 
-import psycopg
-from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext
+from edge.actors.consuming import ConsumingActor
 from edge.codecs import stream
 from edge.codecs.errors import CodecError
 from edge.config import KafkaConfig, PostgresConfig, SinkConfig
-from edge.actors.consuming import ConsumingActor
+from edge.errors import ServiceRefused, ServiceUnavailable
+from edge.io.kafka import KafkaRecord
 from edge.io.sink_db import SinkDb
+from edge.runtime import log
+from edge.runtime.actor import ActorContext
 
 _log = log.get(__name__)
 
@@ -52,12 +52,12 @@ DB_SECONDS = Histogram("edge_sink_db_write_seconds", "One database transaction o
 BATCH_ROWS = Histogram("edge_sink_batch_rows", "Measurement rows per database transaction",
                        buckets=(1, 10, 100, 500, 1000, 5000, 10000, 20000, 50000))
 
-_Parsed = tuple[ConsumerRecord, list[stream.Row], list[dict[str, Any]]]
+_Parsed = tuple[KafkaRecord, list[stream.Row], list[dict[str, Any]]]
 _Prepared = tuple[list[_Parsed], list[stream.Message]]
 
 
 class TimescaleSink(ConsumingActor):
-    retryable = (psycopg.OperationalError,)
+    retryable = (ServiceUnavailable,)
 
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, postgres: PostgresConfig,
                  cfg: SinkConfig, client_id: str) -> None:
@@ -76,7 +76,7 @@ class TimescaleSink(ConsumingActor):
         for db in self.all_dbs:
             db.close()
 
-    def prepare(self, records: list[ConsumerRecord]) -> _Prepared:
+    def prepare(self, records: list[KafkaRecord]) -> _Prepared:
         parsed: list[_Parsed] = []
         dead: list[stream.Message] = []
         for rec in records:
@@ -98,10 +98,8 @@ class TimescaleSink(ConsumingActor):
         dead = list(dead)
         try:
             self._write([r for _, rows, _ in parsed for r in rows], [e for _, _, ev in parsed for e in ev])
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            _log.warning("sink_batch_refused", records=len(parsed), error=_describe(exc),
+        except ServiceRefused as exc:
+            _log.warning("sink_batch_refused", records=len(parsed), error=str(exc),
                          action="writing each record alone")
             dead += self._isolate(parsed)
         if dead:
@@ -125,41 +123,33 @@ class TimescaleSink(ConsumingActor):
     def _isolate(self, parsed: list[_Parsed]) -> list[stream.Message]:
         dead = []
         for rec, rows, events in parsed:
-            error: psycopg.Error | None = None
+            error: ServiceRefused | None = None
             for _ in range(self.cfg.max_attempts):
                 try:
                     self._write(rows, events)
                     error = None
                     break
-                except psycopg.OperationalError:
-                    raise
-                except psycopg.Error as exc:
+                except ServiceRefused as exc:
                     error = exc
             if error is None:
                 continue
             if len(rows) <= 1 or events:
-                dead.append(self.dead_letter(rec, f"db_{error.sqlstate or 'error'}", _describe(error), None,
+                dead.append(self.dead_letter(rec, error.code, error.detail, None,
                                              attempts=self.cfg.max_attempts))
                 continue
             for row, exc in self._refused_rows(rows):
-                dead.append(self.dead_letter(rec, f"db_{exc.sqlstate or 'error'}", _describe(exc), "row",
+                dead.append(self.dead_letter(rec, exc.code, exc.detail, "row",
                                              value=stream.envelope([row]), source=row[9]))
         return dead
 
-    def _refused_rows(self, rows: list[stream.Row]) -> list[tuple[stream.Row, psycopg.Error]]:
+    def _refused_rows(self, rows: list[stream.Row]) -> list[tuple[stream.Row, ServiceRefused]]:
         """Write ``rows`` in halves until each refused row stands alone; return those."""
         try:
             self._write(rows, [])
             return []
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
+        except ServiceRefused as exc:
             if len(rows) == 1:
                 return [(rows[0], exc)]
         half = len(rows) // 2
         return self._refused_rows(rows[:half]) + self._refused_rows(rows[half:])
 
-
-def _describe(exc: psycopg.Error) -> str:
-    diag = exc.diag
-    return (diag.message_primary or str(exc)).strip() + (f" ({diag.context.strip()})" if diag.context else "")

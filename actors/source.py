@@ -30,15 +30,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from prometheus_client import Counter, Gauge
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
-from edge.io.mqtt import Session, ack_many
+from edge.io.mqtt import MqttMessage, PahoClient, Session, ack_many, topic_matches
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 
@@ -81,7 +80,7 @@ class MqttSource(EdgeActor):
         self.generation = 0
         self.batch = 0
         self.session: Session | None = None
-        self.client: mqtt.Client | None = None
+        self.client: PahoClient | None = None
         self.reconnect_at: float | None = None  # away on purpose (full buffer) until then
         self.full_backoff = 0.0
         self.stop_ticker = threading.Event()
@@ -146,7 +145,7 @@ class MqttSource(EdgeActor):
         with self.lock:
             self._new_generation_locked()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
         topic = message.topic
         payload = message.payload
         with self.lock:
@@ -171,7 +170,7 @@ class MqttSource(EdgeActor):
             if counter is None:
                 if len(counters) >= TOPICS_CACHED:
                     counters.clear()
-                name = next((f for f in self.cfg.topics if mqtt.topic_matches_sub(f, topic)), "other")
+                name = next((f for f in self.cfg.topics if topic_matches(f, topic)), "other")
                 counter = counters[topic] = RECEIVED.labels(name)
             counts[counter] = counts.get(counter, 0) + 1
         for counter, n in counts.items():

@@ -18,21 +18,21 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
-from edge.runtime import log
-from edge.io import registry_db
-from edge.runtime.actor import ActorContext
+from edge.actors.consuming import ConsumingActor
 from edge.codecs import stream
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
 from edge.codecs.records import Event, Measurement, iso
 from edge.codecs.registry import Registry
 from edge.config import KafkaConfig, PostgresConfig, StreamDecoderConfig
-from edge.actors.consuming import ConsumingActor
-from edge.io.pg import connect
+from edge.errors import SchemaNotReady, ServiceUnavailable
+from edge.io import registry_db
+from edge.io.kafka import KafkaRecord
+from edge.io.pg import connect, translated
+from edge.runtime import log
+from edge.runtime.actor import ActorContext
 
 _log = log.get(__name__)
 
@@ -42,7 +42,7 @@ REGISTRY_VERSION = Gauge("edge_stream_decoder_registry_version", "Registry versi
 
 
 class StreamDecoder(ConsumingActor):
-    retryable = (psycopg.OperationalError,)
+    retryable = (ServiceUnavailable,)
 
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, postgres: PostgresConfig,
                  cfg: StreamDecoderConfig, client_id: str) -> None:
@@ -58,7 +58,7 @@ class StreamDecoder(ConsumingActor):
         if self.dispatcher is not None and now - self.checked_at < self.cfg.registry_refresh_s:
             return self.dispatcher
         try:
-            with connect(self.postgres, autocommit=True) as conn:
+            with translated("reading the registry"), connect(self.postgres, autocommit=True) as conn:
                 version = registry_db.version(conn)
                 if version != self.version:
                     version, registry = registry_db.read(conn)
@@ -68,11 +68,11 @@ class StreamDecoder(ConsumingActor):
                     REGISTRY_VERSION.set(version)
                     _log.info("registry_loaded", version=version, templates=len(registry.templates),
                               controllers=len(registry.controllers))
-        except psycopg.errors.UndefinedTable:
+        except SchemaNotReady:
             _log.warning("registry_missing", detail="no registry tables: run `edge server migrate`")
             self.dispatcher = self.dispatcher or Dispatcher.with_window(
                 Registry(), self.cfg.max_age_s, self.cfg.max_ahead_s)
-        except psycopg.OperationalError:
+        except ServiceUnavailable:
             if self.dispatcher is None:
                 raise  # nothing cached yet: retry the batch with backoff
             _log.warning("registry_refresh_failed", version=self.version)
@@ -80,7 +80,7 @@ class StreamDecoder(ConsumingActor):
         assert self.dispatcher is not None
         return self.dispatcher
 
-    def process(self, records: list[ConsumerRecord]) -> None:
+    def process(self, records: list[KafkaRecord]) -> None:
         dispatcher = self._registry()
         out: list[stream.Message] = []
         for rec in records:
@@ -88,7 +88,7 @@ class StreamDecoder(ConsumingActor):
         assert self.delivery is not None
         self.delivery.deliver(out)
 
-    def _decode(self, dispatcher: Dispatcher, rec: ConsumerRecord) -> list[stream.Message]:
+    def _decode(self, dispatcher: Dispatcher, rec: KafkaRecord) -> list[stream.Message]:
         topic = stream.header(rec.headers, "mqtt_topic")
         if not topic:
             return [self.dead_letter(rec, "no_topic", "the record has no mqtt_topic header", "mqtt_topic")]

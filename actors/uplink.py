@@ -24,21 +24,20 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from collections.abc import Callable
-
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Confirm, DeadLetter, GetStats, Leased, LeaseRequest, Rewind
 from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import UplinkConfig
 from edge.io.link import Link
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 

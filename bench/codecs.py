@@ -113,7 +113,7 @@ def main() -> None:
          rate(lambda: env.parse(raw), args.seconds)[0], None),
     ]
     for name, unit, value, target in results:
-        verdict = "" if target is None else ("  (target %d: %s)" % (target, "met" if value >= target else "MISSED"))
+        verdict = "" if target is None else (f"  (target {target:d}: {'met' if value >= target else 'MISSED'})")
         print(f"{name:<62} {value:>12,.0f} {unit}{verdict}")
 
 

@@ -30,9 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-from harness import Site, drop_session, services, wait_until  # noqa: E402
-
 import paho.mqtt.client as mqtt  # noqa: E402
+from harness import Site, drop_session, services, wait_until  # noqa: E402
 
 from edge.config import MqttConfig  # noqa: E402
 from edge.io.mqtt import connect_properties, make_client  # noqa: E402
@@ -230,7 +229,7 @@ def latency(site: Site, seconds: float) -> tuple[float, float]:
     def poll():
         last = conn.execute("SELECT max(rowid) FROM iot_measurements").fetchone()[0] or 0
         while not stop.is_set() or len(seen) < len(sent):
-            for rowid, device, ts in conn.execute(
+            for rowid, _device, ts in conn.execute(
                     "SELECT rowid, device_id, time FROM iot_measurements WHERE rowid > ? "
                     "AND device_id LIKE 'lat-%'", (last,)):
                 last = max(last, rowid)

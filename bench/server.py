@@ -28,9 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-from harness import Server, Site, to_toml, wait_until  # noqa: E402
-
 import psycopg  # noqa: E402
+from harness import Server, Site, to_toml, wait_until  # noqa: E402
 
 from edge.codecs.records import Measurement, iso  # noqa: E402
 from edge.codecs.uplink import Batch  # noqa: E402
@@ -45,7 +44,7 @@ SITE, CENTRAL, KAFKA, PG = 18831, 18832, "127.0.0.1:19092", "postgresql://edge@1
 def batches(n_records: int, per_batch: int = 500) -> list[Batch]:
     t0 = datetime.now(UTC).replace(microsecond=0)
     out, seq = [], 0
-    for b in range(n_records // per_batch):
+    for _ in range(n_records // per_batch):
         records = [Measurement(t0 + timedelta(microseconds=seq + i), f"pm-{(seq + i) % 50:04d}", None, None,
                                None, "voltage_dc", 750.0 + i % 50, "V", "iot/pm/telemetry")
                    for i in range(per_batch)]

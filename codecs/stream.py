@@ -33,8 +33,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from edge.codecs.errors import CodecError
-from edge.codecs.limits import (INT8, MAX_DETAIL, bounded_payload, check_measurement, safe_text,
-                                text_problem)
+from edge.codecs.limits import INT8, MAX_DETAIL, bounded_payload, check_measurement, safe_text, text_problem
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
 

@@ -1,4 +1,22 @@
-"""The concrete actor graphs: which actors a gateway and a receiver run, in what order.
+"""The wiring: the one place where the actor graphs are built and run.
+
+- ``run_gateway``: source -> decoder -> buffer -> uplink (and the command router), with an
+  MQTT link to the central broker or, for a single-node site, an in-process one;
+- ``run_receiver``: the uplink receiver into the single-node SQLite store;
+- ``run_server``: the server actors ``[server]`` turns on (sink, stream decoder, receiver
+  into Kafka, bridge);
+- the demo (``edge.tools.demo``) runs ``gateway_specs`` with a simulated source.
+
+Who sends what to whom (the actors name their peers by these names):
+
+    source   --Incoming-->                          decoder
+    decoder  --Store, GetSeqState-->                buffer     (SeqState comes back)
+    decoder  --Presence, DeviceAck-->               commands
+    buffer   --Committed, Refused, Room-->          source
+    buffer   --Leased-->                            uplink
+    uplink   --LeaseRequest, Confirm, DeadLetter, Rewind-->  buffer
+    uplink   --Downlink-->                          commands
+    commands --StoreLocal-->                        buffer
 
 Start order follows the data backwards, so nothing flows before its destination is up:
 buffer, commands, decoder, uplink, then the source. Stop runs the other way: the source stops
@@ -23,8 +41,9 @@ from edge.codecs.errors import CodecError
 from edge.config import Config, MqttConfig
 from edge.errors import ConfigError, ConfigProblem
 from edge.io.link import Link, LocalLink, MqttLink
-from edge.runtime.graph import ActorSpec
+from edge.io.mqtt import share_property_tables
 from edge.io.store import RecordStore, SqliteStore
+from edge.runtime.graph import ActorSpec, run_graph
 
 
 def read_registry(cfg: Config) -> str:
@@ -160,3 +179,37 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     if not specs:
         raise ConfigError([ConfigProblem("server", "every server actor is turned off")])
     return specs
+
+
+def run_gateway(cfg: Config) -> int:
+    share_property_tables()
+    return run_graph(gateway_specs(cfg), cfg)
+
+
+def run_receiver(cfg: Config) -> int:
+    share_property_tables()
+    preflight(cfg, "receiver")
+    store = SqliteStore(cfg.receiver.store_path, cfg.receiver.durability)
+    try:
+        return run_graph(receiver_specs(cfg, store), cfg)
+    finally:
+        store.close()
+
+
+def run_server(cfg: Config) -> int:
+    """``ServiceUnavailable`` when Kafka cannot be reached within ``[kafka]
+    connect_timeout_s`` (the topics are created first)."""
+    from edge.actors.bridge import parse_mappings
+    from edge.io.kafka import KafkaStore, ensure_topics
+
+    share_property_tables()
+    preflight(cfg, "server")
+    base = kafka_client_base(cfg)
+    ensure_topics(cfg.kafka, f"{base}-admin",
+                  [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
+    store = KafkaStore(cfg.kafka, f"{base}-receiver") if cfg.server.receiver else None
+    try:
+        return run_graph(server_specs(cfg, store), cfg)
+    finally:
+        if store is not None:
+            store.close()

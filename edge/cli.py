@@ -1,8 +1,9 @@
-"""The ``edge`` command.
+"""The ``edge`` command: parses arguments and calls ``edge.app`` (the graphs) or a tool.
 
-Subcommands arrive with the features behind them; none exists before it works.
-Exit codes: 0 success, 2 bad input (config, arguments), 69 a needed service is unreachable,
-70 crash loop of the runtime.
+Subcommands arrive with the features behind them; none exists before it works. Errors
+from the tree in ``edge.errors`` end a command with one line on stderr and the exit code
+``EXIT_CODES`` gives them (no traceback): 2 bad input (config, arguments, files, schema),
+69 a needed service is unreachable, 70 the runtime failed (a crash loop).
 """
 
 from __future__ import annotations
@@ -12,11 +13,28 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__, config
-from edge.errors import ConfigError, ServiceError
+from edge.codecs.errors import CodecError
+from edge.errors import ConfigError, EdgeError, InputError, MigrationError, RuntimeFailure, SchemaNotReady, ServiceError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a service the command needs is not reachable
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: the runtime failed (a crash loop)
+
+# The one place where errors become exit codes: the first class that matches.
+EXIT_CODES: tuple[tuple[type[EdgeError], int], ...] = (
+    (ConfigError, EXIT_BAD_INPUT),
+    (InputError, EXIT_BAD_INPUT),
+    (CodecError, EXIT_BAD_INPUT),
+    (SchemaNotReady, EXIT_BAD_INPUT),
+    (MigrationError, EXIT_BAD_INPUT),
+    (ServiceError, EXIT_UNAVAILABLE),
+    (RuntimeFailure, EXIT_SOFTWARE),
+)
+
+
+def exit_code(exc: EdgeError) -> int:
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_SOFTWARE)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -32,11 +50,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.file) if args.file else config.Config()
-    except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    cfg = config.load(args.file) if args.file else config.Config()
     sys.stdout.write(config.dump(cfg))
     return EXIT_OK
 
@@ -91,103 +105,42 @@ def _decode(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if result.errors else EXIT_OK
 
 
-def _load(path: str) -> config.Config | None:
-    try:
-        return config.load(path)
-    except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return None
+def _load(path: str) -> config.Config:
+    from edge.runtime import log
+
+    cfg = config.load(path)
+    log.setup(cfg.log.level, cfg.log.format)
+    return cfg
 
 
 def _gateway(args: argparse.Namespace) -> int:
     from edge import app
-    from edge.runtime import log
-    from edge.runtime.graph import run_graph
 
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_BAD_INPUT
-    log.setup(cfg.log.level, cfg.log.format)
-    try:
-        specs = app.gateway_specs(cfg)
-    except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return run_graph(specs, cfg)
+    return app.run_gateway(_load(args.config))
 
 
 def _receiver(args: argparse.Namespace) -> int:
     from edge import app
-    from edge.runtime import log
-    from edge.runtime.graph import run_graph
-    from edge.io.store import SqliteStore
 
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_BAD_INPUT
-    log.setup(cfg.log.level, cfg.log.format)
-    try:
-        app.preflight(cfg, "receiver")
-    except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    store = SqliteStore(cfg.receiver.store_path, cfg.receiver.durability)
-    try:
-        return run_graph(app.receiver_specs(cfg, store), cfg)
-    finally:
-        store.close()
+    return app.run_receiver(_load(args.config))
 
 
 def _server(args: argparse.Namespace) -> int:
-    from edge.runtime import log
+    from edge import app
 
     cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_BAD_INPUT
-    log.setup(cfg.log.level, cfg.log.format)
     if args.action == "migrate":
         return _migrate(cfg)
-    from edge import app
-    from edge.actors.bridge import parse_mappings
-    from edge.io.kafka import KafkaStore, ensure_topics
-    from edge.runtime.graph import run_graph
-
-    base = app.kafka_client_base(cfg)
-    store = None
-    try:
-        app.preflight(cfg, "server")
-        ensure_topics(cfg.kafka, f"{base}-admin",
-                      [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
-        if cfg.server.receiver:
-            store = KafkaStore(cfg.kafka, f"{base}-receiver")
-        return run_graph(app.server_specs(cfg, store), cfg)
-    except ConfigError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ServiceError as exc:
-        print(f"edge server: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    finally:
-        if store is not None:
-            store.close()
+    return app.run_server(cfg)
 
 
 def _migrate(cfg: config.Config) -> int:
-    import psycopg
-
     from edge.io import pg
 
-    try:
-        with pg.connect(cfg.postgres, autocommit=True, statement_timeout=False) as conn:
+    with pg.connect(cfg.postgres, autocommit=True, statement_timeout=False) as conn:
+        with pg.translated("migrating"):
             applied = pg.migrate(conn)
             storage = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
-    except psycopg.OperationalError as exc:
-        print(f"edge server migrate: cannot reach PostgreSQL at {cfg.postgres.host}:{cfg.postgres.port}"
-              f"/{cfg.postgres.dbname}: {str(exc).strip()}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except pg.MigrationError as exc:
-        print(f"edge server migrate: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     for m in applied:
         print(f"applied {m.version:04d}_{m.name} ({m.variant})")
     print(f"database {cfg.postgres.dbname}: up to date, {len(applied)} applied now, "
@@ -196,35 +149,23 @@ def _migrate(cfg: config.Config) -> int:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from edge.io import pg, registry_db
     from edge.codecs import registry as registry_mod
-    from edge.codecs.errors import CodecError
+    from edge.io import pg, registry_db
 
     cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_BAD_INPUT
     try:
         with open(args.file, encoding="utf-8") as f:
             text = f.read()
-        registry = registry_mod.loads(text)
     except OSError as exc:
-        print(f"edge registry load: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CodecError as exc:
-        print(f"edge registry load: {args.file}: {exc.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise InputError(f"cannot read {args.file}: {exc.strerror}") from exc
     try:
-        with pg.connect(cfg.postgres, autocommit=True) as conn:
-            if pg.pending(conn):
-                print("edge registry load: the database lacks migrations: run `edge server migrate`",
-                      file=sys.stderr)
-                return EXIT_BAD_INPUT
-            changed, version = registry_db.load(conn, registry, args.file, text)
-    except psycopg.OperationalError as exc:
-        print(f"edge registry load: cannot reach PostgreSQL: {str(exc).strip()}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        registry = registry_mod.loads(text)
+    except CodecError as exc:
+        raise InputError(f"{args.file}: {exc.message}") from exc
+    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("loading the registry"):
+        if pg.pending(conn):
+            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+        changed, version = registry_db.load(conn, registry, args.file, text)
     n_pins = sum(len(c.pins) for ctl in registry.controllers for c in ctl.connectors)
     print(f"{args.file}: {'loaded' if changed else 'unchanged'}, registry version {version} "
           f"({len(registry.templates)} templates, {len(registry.controllers)} controllers, "
@@ -241,22 +182,19 @@ def _simulate(args: argparse.Namespace) -> int:
 
     host, _, port = args.broker.rpartition(":")
     if not host or not port.isdigit():
-        print(f"edge simulate: --broker {args.broker!r} is not HOST:PORT", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise InputError(f"--broker {args.broker!r} is not HOST:PORT")
     registry_text = None
     if args.registry:
         try:
             with open(args.registry, encoding="utf-8") as f:
                 registry_text = f.read()
         except OSError as exc:
-            print(f"edge simulate: cannot read {args.registry}: {exc.strerror}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise InputError(f"cannot read {args.registry}: {exc.strerror}") from exc
     try:
         traffic = Traffic(args.kind, args.devices, registry_text, args.seed, args.malformed,
                           device_prefix=args.device_prefix)
     except ValueError as exc:
-        print(f"edge simulate: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise InputError(str(exc)) from exc
     with contextlib.ExitStack() as stack:
         ledger = stack.enter_context(open(args.ledger, "a", encoding="utf-8")) if args.ledger else None
         acked = run(MqttConfig(host=host, port=int(port)), traffic, args.rate, args.count, ledger,
@@ -268,78 +206,29 @@ def _simulate(args: argparse.Namespace) -> int:
 def _buffer(args: argparse.Namespace) -> int:
     """Read the buffer through a read-only connection: safe while the gateway runs (WAL)."""
     import json
-    import sqlite3
-    import time
-    from pathlib import Path
 
-    import msgpack
+    from edge.io.buffer_db import BufferReader
 
-    from edge.codecs.uplink import from_wire
-
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_BAD_INPUT
-    path = cfg.buffer.path
+    cfg = config.load(args.config)
     if args.action == "purge" and not args.yes:
-        print("edge buffer purge: this deletes records that were never confirmed upstream; "
-              "repeat with --yes to do it", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    mode = "rw" if args.action == "purge" else "ro"
+        raise InputError("purge deletes records that were never confirmed upstream; "
+                         "repeat with --yes to do it")
+    buffer = BufferReader(cfg.buffer.path, writable=args.action == "purge")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30)
-        conn.execute("SELECT 1 FROM records LIMIT 1")
-    except sqlite3.Error as exc:
-        print(f"edge buffer: cannot open {path}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    def rows(limit: int | None):
-        sql = "SELECT seq, boot_epoch, priority, body, stored_at FROM records ORDER BY priority, seq"
-        cursor = conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
-        for seq, boot, priority, body, stored_at in cursor:
-            yield {"seq": seq, "boot_epoch": boot, "priority": priority, "stored_at": stored_at,
-                   "record": readable(body)}
-
-    def readable(body: bytes) -> dict:
-        try:
-            return from_wire(msgpack.unpackb(body, raw=False)).to_json()
-        except Exception as exc:  # noqa: BLE001 - a row of another version is shown, not fatal
-            return {"unreadable": repr(exc)[:200], "body_hex": body[:256].hex()}
-
-    def dead_letters():
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'dead_letters'").fetchone() is None:
-            return
-        for seq, boot, reason, dead_at, body in conn.execute(
-                "SELECT seq, boot_epoch, reason, dead_at, body FROM dead_letters ORDER BY seq"):
-            yield {"seq": seq, "boot_epoch": boot, "reason": reason, "dead_at": dead_at,
-                   "record": readable(body)}
-
-    if args.action == "stats":
-        meta = dict(conn.execute("SELECT key, value FROM meta"))
-        by_class = {str(p): {"records": n, "bytes": b} for p, n, b in conn.execute(
-            "SELECT priority, count(*), coalesce(sum(size), 0) FROM records GROUP BY priority")}
-        row = conn.execute("SELECT stored_at FROM records ORDER BY seq LIMIT 1").fetchone()
-        oldest = row[0] if row else None
-        print(json.dumps({
-            "path": path, "depth": sum(c["records"] for c in by_class.values()),
-            "bytes": sum(c["bytes"] for c in by_class.values()), "by_priority": by_class,
-            "oldest_age_s": round(time.time() - oldest, 3) if oldest else 0.0,
-            "boot_epoch": meta.get("boot_epoch"), "next_seq": meta.get("next_seq"),
-            "dropped_total": meta.get("dropped_total", 0), "quota_bytes": cfg.buffer.quota_bytes,
-            "policy": cfg.buffer.policy, "dead_letters": sum(1 for _ in dead_letters())}, indent=2))
-    elif args.action in ("peek", "export"):
-        for doc in rows(args.limit if args.action == "peek" else None):
-            print(json.dumps(doc, ensure_ascii=False, default=str))
-    elif args.action == "dead":
-        for doc in dead_letters():
-            print(json.dumps(doc, ensure_ascii=False, default=str))
-    else:
-        with conn:
-            removed = conn.execute("DELETE FROM records").rowcount
-        size = Path(path).stat().st_size
-        conn.execute("VACUUM")  # give the space back to the file system (a full SD card) ...
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ... from the WAL too
-        print(json.dumps({"purged": removed, "path": path, "bytes_freed": size - Path(path).stat().st_size}))
-    conn.close()
+        if args.action == "stats":
+            stats = buffer.stats()
+            stats.update(quota_bytes=cfg.buffer.quota_bytes, policy=cfg.buffer.policy)
+            print(json.dumps(stats, indent=2))
+        elif args.action in ("peek", "export"):
+            for doc in buffer.records(args.limit if args.action == "peek" else None):
+                print(json.dumps(doc, ensure_ascii=False, default=str))
+        elif args.action == "dead":
+            for doc in buffer.dead_letters():
+                print(json.dumps(doc, ensure_ascii=False, default=str))
+        else:
+            print(json.dumps(buffer.purge()))
+    finally:
+        buffer.close()
     return EXIT_OK
 
 
@@ -353,12 +242,10 @@ def _demo(args: argparse.Namespace) -> int:
         try:
             outage = demo.parse_outage(args.outage)
         except ValueError as exc:
-            print(f"edge demo: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise InputError(str(exc)) from exc
     registry = Path(args.registry) if args.registry else demo.REPO_REGISTRY
     if not registry.exists():
-        print(f"edge demo: no registry at {registry}; pass --registry", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise InputError(f"no registry at {registry}; pass --registry")
     print(f"edge demo: {args.devices} devices at {args.rate:g} msg/s for {args.duration:g} s"
           + (f", uplink outage {outage[0]:g}-{outage[1]:g} s" if outage else "")
           + f"; data in {args.data_dir}, log in {args.data_dir}/demo.log", flush=True)
@@ -388,10 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = cfg_sub.add_parser("check", help="validate a config file; exit 2 listing every problem")
     check.add_argument("file", help="TOML config file")
-    check.set_defaults(func=_config_check)
+    check.set_defaults(func=_config_check, prog=check.prog)
     show = cfg_sub.add_parser("show", help="print the effective config, secrets masked")
     show.add_argument("file", nargs="?", help="TOML config file (defaults only when omitted)")
-    show.set_defaults(func=_config_show)
+    show.set_defaults(func=_config_show, prog=show.prog)
 
     decode = sub.add_parser(
         "decode", help="decode one message as it travels on the wire; one JSON record per line",
@@ -403,29 +290,29 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--hex", action="store_true", help="PAYLOAD is a binary payload written as hex")
     decode.add_argument("--received-at", metavar="TIME",
                         help="receive time for messages without their own timestamp (default: now)")
-    decode.set_defaults(func=_decode)
+    decode.set_defaults(func=_decode, prog=decode.prog)
 
     gateway = sub.add_parser("gateway", help="run the gateway: site broker -> SQLite buffer -> uplink")
     gateway.add_argument("--config", required=True, help="gateway config (see deploy/pi/gateway.toml)")
-    gateway.set_defaults(func=_gateway)
+    gateway.set_defaults(func=_gateway, prog=gateway.prog)
 
     receiver = sub.add_parser("receiver", help="run the uplink receiver into the single-node store")
     receiver.add_argument("--config", required=True, help="config with [central_broker] and [receiver]")
-    receiver.set_defaults(func=_receiver)
+    receiver.set_defaults(func=_receiver, prog=receiver.prog)
 
     srv = sub.add_parser("server", help="run the server actors (receiver, bridge, decoder, sink), "
                          "or `migrate` the database")
     srv.add_argument("action", nargs="?", choices=["run", "migrate"], default="run",
                      help="run (default) or migrate: apply the SQL migrations, idempotently")
     srv.add_argument("--config", required=True, help="server config file (TOML)")
-    srv.set_defaults(func=_server)
+    srv.set_defaults(func=_server, prog=srv.prog)
 
     reg = sub.add_parser("registry", help="the device registry in PostgreSQL")
     reg_sub = reg.add_subparsers(dest="registry_command", required=True)
     reg_load = reg_sub.add_parser("load", help="load a registry TOML file (idempotent)")
     reg_load.add_argument("file")
     reg_load.add_argument("--config", required=True, help="server config file (TOML): [postgres]")
-    reg_load.set_defaults(func=_registry)
+    reg_load.set_defaults(func=_registry, prog=reg_load.prog)
 
     sim = sub.add_parser("simulate", help="publish realistic device traffic to a broker, with a ledger")
     sim.add_argument("--broker", required=True, metavar="HOST:PORT")
@@ -441,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--lwt", action="store_true",
                      help="one connection per v2 device, with a retained offline Last Will")
     sim.add_argument("--client-id")
-    sim.set_defaults(func=_simulate)
+    sim.set_defaults(func=_simulate, prog=sim.prog)
 
     buf = sub.add_parser("buffer", help="inspect the gateway's buffer (safe while it runs)")
     buf.add_argument("action", choices=["stats", "peek", "export", "dead", "purge"],
@@ -449,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     buf.add_argument("--config", required=True, help="the gateway's config ([buffer] path)")
     buf.add_argument("--limit", type=int, default=10, help="records for peek (default 10)")
     buf.add_argument("--yes", action="store_true", help="confirm purge")
-    buf.set_defaults(func=_buffer)
+    buf.set_defaults(func=_buffer, prog=buf.prog)
 
     dm = sub.add_parser("demo", help="the whole runtime in one process: devices, gateway, outage, ledger")
     dm.add_argument("--duration", type=float, default=40.0, help="seconds of device traffic")
@@ -460,14 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--data-dir", default=".edge-demo", help="buffer, store and log go here")
     dm.add_argument("--registry", help="device registry (default: fixtures/registry.toml)")
     dm.add_argument("--no-ui", action="store_true", help="plain periodic lines instead of the live view")
-    dm.set_defaults(func=_demo)
+    dm.set_defaults(func=_demo, prog=dm.prog)
 
     st = sub.add_parser("status", help="summary of a running gateway or server (exit 0 ok, 1 degraded, 2 down)")
     st.add_argument("--url", default="http://127.0.0.1:9108", help="its metrics address")
-    st.set_defaults(func=_status)
+    st.set_defaults(func=_status, prog=st.prog)
 
     version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=_version)
+    version.set_defaults(func=_version, prog=version.prog)
     return parser
 
 
@@ -475,6 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except ConfigError as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except EdgeError as exc:
+        from edge.codecs.limits import safe_text
+
+        print(f"{args.prog}: {safe_text(str(exc), 4000)}", file=sys.stderr)
+        return exit_code(exc)
     except BrokenPipeError:
         # The reader went away (`edge decode ... | head`): stop quietly, as Unix tools do.
         import os

@@ -24,18 +24,28 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import (CorruptRecordError, InvalidRecordError, InvalidTimestampError,
-                          InvalidTopicError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
-                          RecordListTooLargeError)
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    InvalidRecordError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
-from edge.runtime import log
 from edge.codecs.limits import bounded_payload
 from edge.codecs.stream import Message, Topics, from_batch, raw, refused
 from edge.codecs.uplink import Batch
 from edge.config import KafkaConfig
-from edge.errors import EdgeError, ServiceError
+from edge.errors import ServiceError, ServiceUnavailable, Stopped
+from edge.runtime import log
 from edge.runtime.health import CONDITIONS
 
 _log = log.get(__name__)
@@ -52,10 +62,6 @@ UNDELIVERABLE = Counter("edge_kafka_undeliverable", "Dead letters Kafka refused 
                         "dropped (never retried)", ["topic"])
 DELIVER_SECONDS = Histogram("edge_kafka_deliver_seconds", "Time until Kafka acknowledged a whole set",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-
-
-class Stopped(EdgeError):
-    """Delivery gave up because its owner is stopping; nothing was acknowledged upstream."""
 
 
 def _common(cfg: KafkaConfig, client_id: str) -> dict:
@@ -78,8 +84,13 @@ REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError
            InvalidTimestampError, InvalidTopicError)
 
 
+# kafka-python's types as the consuming actors name them (they import no kafka themselves).
+KafkaRecord = ConsumerRecord
+Partition = TopicPartition
+
+
 def unreachable(cfg: KafkaConfig, exc: KafkaError) -> ServiceError:
-    return ServiceError(f"Kafka at {','.join(cfg.bootstrap_servers)} is not reachable within "
+    return ServiceUnavailable(f"Kafka at {','.join(cfg.bootstrap_servers)} is not reachable within "
                         f"{cfg.connect_timeout_s:g} s: {type(exc).__name__}: {exc}")
 
 
@@ -102,6 +113,112 @@ def consumer(cfg: KafkaConfig, client_id: str, group: str, max_poll_records: int
                          heartbeat_interval_ms=max(500, min(3_000, cfg.session_timeout_ms // 10)))
     _complete_pending_joins(made)
     return made
+
+
+class RebalanceListener(ConsumerRebalanceListener):
+    """kafka-python calls these on its network thread, where no blocking consumer call may
+    run: ``on_revoked()`` and ``on_assigned(partitions)`` should only raise flags."""
+
+    def __init__(self, on_revoked: Callable[[], None],
+                 on_assigned: Callable[[list[Partition]], None]) -> None:
+        self.revoked, self.assigned = on_revoked, on_assigned
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.revoked()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.assigned(list(assigned))
+
+
+def commit(consumer: Any, batch: Sequence[KafkaRecord]) -> dict[Partition, int]:
+    """Commit the offsets after ``batch`` (the highest per partition, plus one); returns
+    them. ``ServiceUnavailable`` when the commit fails (the group rebalanced, the broker is
+    away): the records are then read again by whoever owns them next."""
+    offsets: dict[Partition, OffsetAndMetadata] = {}
+    for r in batch:
+        tp = TopicPartition(r.topic, r.partition)
+        if tp not in offsets or offsets[tp].offset <= r.offset:
+            offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+    try:
+        consumer.commit(offsets)
+    except (CommitFailedError, KafkaError) as exc:
+        raise ServiceUnavailable(f"Kafka refused the offset commit: {exc!r}") from exc
+    return {tp: om.offset for tp, om in offsets.items()}
+
+
+def rewind_to_committed(consumer: Any) -> None:
+    """Resume every paused partition and put each assigned one back at its committed offset
+    (the beginning when none). ``ServiceUnavailable`` when the offsets cannot be read."""
+    try:
+        paused = consumer.paused()
+        if paused:
+            consumer.resume(*paused)
+        for tp in consumer.assignment():
+            offset = consumer.committed(tp)
+            if offset is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka: cannot read committed offsets: {exc!r}") from exc
+
+
+def close_consumer(consumer: Any) -> None:
+    """Leave the group without committing: what was not committed is read again.
+    ``ServiceUnavailable`` when the group could not be left cleanly."""
+    try:
+        consumer.close(autocommit=False, timeout_ms=5_000)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka: consumer close failed: {exc!r}") from exc
+
+
+def lag(consumer: Any, committed: dict[Partition, int]) -> dict[Partition, int]:
+    """Records between what is committed (durable, not merely fetched) and each assigned
+    partition's high watermark, for partitions whose watermark is known."""
+    out: dict[Partition, int] = {}
+    try:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            position = committed.get(tp) or consumer.position(tp, timeout_ms=100)
+            if position is not None:
+                out[tp] = max(0, high - position)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka: cannot read the lag: {exc!r}") from exc
+    return out
+
+
+def records_behind(consumer: Any, taken: dict[Partition, int]) -> dict[Partition, int]:
+    """Records past this consumer's position in each assigned partition, for partitions
+    that have any. The position is the one after the last record taken, else the
+    committed offset, else the partition's beginning (``earliest``). ``ServiceUnavailable``
+    when the broker cannot be asked."""
+    try:
+        return _records_behind(consumer, taken)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka: cannot read offsets: {exc!r}") from exc
+
+
+def _records_behind(consumer: Any, taken: dict[Partition, int]) -> dict[Partition, int]:
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return {}
+    ends = consumer.end_offsets(assigned, timeout_ms=5_000)
+    behind: dict[Partition, int] = {}
+    starts: dict[Partition, int] | None = None
+    for tp in assigned:
+        position = taken.get(tp)
+        if position is None:
+            position = consumer.committed(tp, timeout_ms=5_000)
+        if position is None:
+            if starts is None:
+                starts = consumer.beginning_offsets(assigned, timeout_ms=5_000)
+            position = starts.get(tp, 0)
+        waiting = ends.get(tp, 0) - position
+        if waiting > 0:
+            behind[tp] = waiting
+    return behind
 
 
 def _complete_pending_joins(made: KafkaConsumer) -> None:

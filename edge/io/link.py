@@ -3,10 +3,11 @@
 ``MqttLink`` publishes frames on ``edge/<gateway>/up`` and hears confirmations on
 ``/ack`` and commands on ``/down``; a retained ``/status`` with a Last Will says whether
 the gateway is online. It also hears receivers announce themselves online
-(``edge/receivers/+/status``), so the uplink resends what is unconfirmed at once. ``LocalLink`` is the single-node deployment's link (and
-``edge demo``'s): the same frames go to an in-process receiver writing the single-node
-store, which answers with the same confirmations; ``set_up(False)`` makes it behave like
-an unreachable broker (frames are lost, the uplink resends after the link returns).
+(``edge/receivers/+/status``), so the uplink resends what is unconfirmed at once.
+``LocalLink`` is the single-node deployment's link (and ``edge demo``'s): the same frames
+go to an in-process receiver writing the single-node store, which answers with the same
+confirmations; ``set_up(False)`` makes it behave like an unreachable broker (frames are
+lost, the uplink resends after the link returns).
 
 Callbacks (``LinkEvents``) may come from any thread; the uplink turns them into messages.
 """
@@ -20,12 +21,12 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from edge.runtime import log
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig
 from edge.io.mqtt import Session
 from edge.io.store import RecordStore, confirmation, refusal
+from edge.runtime import log
 
 _log = log.get(__name__)
 

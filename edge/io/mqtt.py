@@ -57,11 +57,16 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.runtime import log
 from edge.config import MqttConfig
+from edge.runtime import log
 from edge.runtime.health import CONDITIONS
 
 _log = log.get(__name__)
+
+# paho's types as the actors name them (they import no paho themselves).
+PahoClient = mqtt.Client
+MqttMessage = mqtt.MQTTMessage
+topic_matches = mqtt.topic_matches_sub
 
 READ_CHUNK = 64 * 1024
 
@@ -276,6 +281,16 @@ class Session:
 
     def is_connected(self) -> bool:
         return self.client.is_connected()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                expiry_s: int | None = None) -> mqtt.MQTTMessageInfo:
+        """Queue a message; ``expiry_s``: MQTT v5 Message Expiry Interval, after which no
+        broker hands it over."""
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = expiry_s
+        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:

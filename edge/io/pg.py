@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import psycopg
 
 from edge.config import PostgresConfig
-from edge.errors import EdgeError
+from edge.errors import MigrationError, SchemaNotReady, ServiceRefused, ServiceUnavailable
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
 _LOCK = 0x6564_6765  # "edge": pg_advisory_xact_lock key for migrations
@@ -37,8 +39,27 @@ CREATE TABLE IF NOT EXISTS edge_settings (key text PRIMARY KEY, value text NOT N
 """
 
 
-class MigrationError(EdgeError):
-    """A migration could not be applied, or an applied one no longer matches its file."""
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """psycopg's errors as the error tree's: ``what`` names the work (``"writing 120 rows"``).
+    A broken connection, a timeout or a server going away (``OperationalError``) is
+    ``ServiceUnavailable``; a missing table ``SchemaNotReady``; any other refusal
+    ``ServiceRefused`` with its SQLSTATE."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise SchemaNotReady(f"{what}: {describe(exc)}: run `edge server migrate`") from exc
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(f"PostgreSQL, {what}: {describe(exc)}") from exc
+    except psycopg.Error as exc:
+        raise ServiceRefused(f"db_{exc.sqlstate or 'error'}", describe(exc)) from exc
+
+
+def describe(exc: psycopg.Error) -> str:
+    """The server's primary message and its context, without the SQL of the statement."""
+    diag = exc.diag
+    text = (diag.message_primary or str(exc)).strip()
+    return text + (f" ({diag.context.strip()})" if diag.context else "")
 
 
 def conninfo(cfg: PostgresConfig, statement_timeout: bool = True) -> str:
@@ -55,7 +76,12 @@ def conninfo(cfg: PostgresConfig, statement_timeout: bool = True) -> str:
 
 def connect(cfg: PostgresConfig, autocommit: bool = False, statement_timeout: bool = True
             ) -> psycopg.Connection:
-    return psycopg.connect(conninfo(cfg, statement_timeout), autocommit=autocommit)
+    """``ServiceUnavailable`` naming the server when it cannot be reached."""
+    try:
+        return psycopg.connect(conninfo(cfg, statement_timeout), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(f"cannot reach PostgreSQL at {cfg.host}:{cfg.port}/{cfg.dbname}: "
+                                 f"{str(exc).strip()}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,14 @@ import json
 import psycopg
 
 from edge.codecs.registry import (
-    Connector, Controller, DataPoint, DeviceTemplate, DeviceType, Pin, Registry, TopicMapping,
+    Connector,
+    Controller,
+    DataPoint,
+    DeviceTemplate,
+    DeviceType,
+    Pin,
+    Registry,
+    TopicMapping,
 )
 
 

@@ -35,8 +35,8 @@ from prometheus_client import Counter
 
 from edge.codecs.stream import Row
 from edge.config import PostgresConfig
-from edge.errors import EdgeError
-from edge.io.pg import connect, pending
+from edge.errors import SchemaNotReady, ServiceUnavailable
+from edge.io.pg import connect, pending, translated
 
 COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
 TYPES = ["timestamptz", "text", "text", "int2", "int4", "text", "float8", "text", "text", "text"]
@@ -78,10 +78,6 @@ REPLAYS = Counter("edge_sink_batches_with_stored_rows",
                   "Batches that held rows already stored (replays, resends): written by ON CONFLICT")
 
 
-class SchemaNotReady(EdgeError):
-    """The database lacks migrations: run ``edge server migrate``."""
-
-
 class SinkDb:
     def __init__(self, cfg: PostgresConfig) -> None:
         self.cfg = cfg
@@ -111,29 +107,35 @@ class SinkDb:
             self.conn = None
 
     def write(self, rows: Sequence[Row], events: Sequence[dict[str, Any]]) -> int:
-        """One transaction; returns the number of measurement rows actually inserted."""
+        """One transaction; returns the number of measurement rows actually inserted.
+        ``ServiceUnavailable`` (retry later), ``ServiceRefused`` (this batch, for good) or
+        ``SchemaNotReady``."""
+        try:
+            with translated(f"writing {len(rows)} rows and {len(events)} events"):
+                return self._write(rows, events)
+        except ServiceUnavailable:
+            self.close()  # a broken connection is not reused
+            raise
+
+    def _write(self, rows: Sequence[Row], events: Sequence[dict[str, Any]]) -> int:
         if self.conn is None or self.conn.closed:
             self.connect()
         conn = self.conn
         assert conn is not None
-        try:
-            self._partitions(conn, rows)
-            inserted = 0
-            with conn.transaction():
-                if rows:
-                    with conn.cursor() as cur:
-                        with cur.copy(f"COPY edge_staging ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
-                            cp.set_types(TYPES)
-                            for row in rows:
-                                cp.write_row(row)
-                        inserted = self._insert(conn, cur)
-                if events:
-                    self._events(conn, events)
-                self._state(conn, rows, events)
-            return inserted
-        except psycopg.OperationalError:
-            self.close()  # a broken connection is not reused
-            raise
+        self._partitions(conn, rows)
+        inserted = 0
+        with conn.transaction():
+            if rows:
+                with conn.cursor() as cur:
+                    with cur.copy(f"COPY edge_staging ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
+                        cp.set_types(TYPES)
+                        for row in rows:
+                            cp.write_row(row)
+                    inserted = self._insert(conn, cur)
+            if events:
+                self._events(conn, events)
+            self._state(conn, rows, events)
+        return inserted
 
     def _insert(self, conn: psycopg.Connection, cur: psycopg.Cursor) -> int:
         try:

@@ -1,6 +1,8 @@
-"""Batched SQLite inserts with few GIL hand-offs.
+"""SQLite as every store of the project opens and writes it: ``open_wal`` (the one way a
+database is opened), ``immediate`` (one write transaction) and ``insert_rows`` (batched
+inserts with few GIL hand-offs).
 
-Python's ``sqlite3`` releases the GIL around every ``sqlite3_step``, and ``executemany``
+Batched inserts: Python's ``sqlite3`` releases the GIL around every ``sqlite3_step``, and ``executemany``
 steps once per row: each row then waits to get the GIL back. Alone that costs nothing
 (the buffer commits 1,000 rows in 2 ms), but next to a busy thread (paho parsing a
 backlog) every wait lasts up to the interpreter's switch interval: 1,000 rows took 640 ms
@@ -14,6 +16,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
+
+
+def open_wal(path: str, durability: str = "power-safe", *, shared: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions through ``immediate``), journal WAL.
+    ``power-safe`` syncs every commit (``synchronous=FULL``: a commit survives a power
+    cut); ``crash-safe`` syncs at checkpoints (``NORMAL``: it survives a crash of the
+    process, not of the machine). ``shared``: usable from threads other than the opener's
+    (the caller serialises the use)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power-safe' else 'NORMAL'}")
+    return conn
+
 
 # Rows per statement: the biggest of these that fits what is left, so a table has at most
 # five statement shapes. sqlite3 caches every prepared statement it sees (128 of them): one

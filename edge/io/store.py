@@ -11,7 +11,6 @@ deployment implements the same interface.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +21,7 @@ from edge.codecs.errors import CodecError
 from edge.codecs.limits import bounded_payload, safe_text
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
-from edge.io.sqlite import immediate, insert_rows
+from edge.io.sqlite import immediate, insert_rows, open_wal
 
 
 def confirmation(batch: Batch) -> bytes:
@@ -55,9 +54,7 @@ class SqliteStore:
 
     def __init__(self, path: str, durability: str = "power-safe") -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power-safe' else 'NORMAL'}")
+        self.conn = open_wal(path, durability, shared=True)
         db = sqlite_utils.Database(self.conn)
         source = {"gateway_id": str, "boot_epoch": int, "seq": int}
         db["iot_measurements"].create(
@@ -111,6 +108,14 @@ class SqliteStore:
         with self.conn:
             self.conn.execute("INSERT INTO rejected_frames (received_at, topic, frame, reason, detail) "
                               "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, kept, reason, detail))
+
+    def rows_per_reading(self) -> dict[tuple[str, str], int]:
+        """Measurement rows per (device, time): what a ledger compares with what was sent."""
+        return {(d, t): n for d, t, n in self.conn.execute(
+            "SELECT device_id, time, count(*) FROM iot_measurements GROUP BY device_id, time")}
+
+    def count_events(self, kind: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM events WHERE type = ?", (kind,)).fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()

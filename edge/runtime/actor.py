@@ -16,15 +16,13 @@ from typing import Any
 
 import pykka
 
-from edge.runtime import log
 from edge.errors import ActorUnavailableError
-from edge.runtime.flow import Credits
+from edge.runtime import log
 from edge.runtime.health import CONDITIONS
 from edge.runtime.metrics import (
     ACTOR_ERRORS,
     ACTOR_MESSAGES_IN,
     ACTOR_MESSAGES_OUT,
-    ACTOR_OUTSTANDING,
     ACTOR_UNDELIVERED,
 )
 
@@ -44,11 +42,8 @@ class ActorHandle:
     message that could not be delivered is redelivered by its source, not lost.
     """
 
-    def __init__(self, name: str, max_outstanding: int | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.credits = (
-            Credits(max_outstanding, ACTOR_OUTSTANDING.labels(name)) if max_outstanding else None
-        )
         self._ref: pykka.ActorRef[Any] | None = None
         self._lock = threading.Lock()
         self._undelivered = ACTOR_UNDELIVERED.labels(name)
@@ -61,8 +56,6 @@ class ActorHandle:
         """Point the handle at a (new) actor; called by the runtime and the supervisor."""
         with self._lock:
             self._ref = ref
-            if self.credits is not None:
-                self.credits.reset()
 
     def is_alive(self) -> bool:
         ref = self._ref
@@ -153,8 +146,8 @@ class EdgeActor(pykka.ThreadingActor):
     def tell_self(self, message: Any) -> bool:
         """Queue a message to this very instance, from any thread (I/O callbacks, tickers).
 
-        Never through ``ctx.handle``: the runtime binds the handle only after the start-up
-        ping, so a callback that fires during ``on_start`` would reach nobody."""
+        Never through ``ctx.handle``: after a restart the handle points at the successor, and
+        a ticker or callback of this (crashed, stopping) instance must not feed it."""
         try:
             self.actor_ref.tell(message)
         except pykka.ActorDeadError:

@@ -21,11 +21,10 @@ from typing import Any
 
 import pykka
 
-from edge.runtime import log, metrics, systemd
-from edge.io import mqtt
-from edge.runtime.actor import ActorContext, ActorHandle, Ping
 from edge.config import Config, SupervisionConfig
 from edge.errors import CrashLoopError, RuntimeFailure, StartupError
+from edge.runtime import log, metrics, systemd
+from edge.runtime.actor import ActorContext, ActorHandle, Ping
 from edge.runtime.health import CONDITIONS
 from edge.runtime.metrics import ACTOR_UP
 from edge.runtime.supervision import RestartPolicy, Supervisor
@@ -43,7 +42,6 @@ class ActorSpec:
     name: str
     start: Callable[[ActorContext], pykka.ActorRef[Any]]
     after: tuple[str, ...] = ()
-    max_outstanding: int | None = None
 
 
 def start_order(specs: Iterable[ActorSpec]) -> list[ActorSpec]:
@@ -76,7 +74,7 @@ class Runtime:
     def __init__(self, specs: Iterable[ActorSpec], supervision: SupervisionConfig) -> None:
         self.specs = start_order(specs)
         self.config = supervision
-        self.handles = {s.name: ActorHandle(s.name, s.max_outstanding) for s in self.specs}
+        self.handles = {s.name: ActorHandle(s.name) for s in self.specs}
         self.failure: RuntimeFailure | None = None
         self._done = threading.Event()
         self._started: list[ActorSpec] = []
@@ -188,7 +186,6 @@ def run_graph(specs: Iterable[ActorSpec], cfg: Config) -> int:
     Used by the CLI's long-running commands. On a crash loop it prints one clear line to
     stderr and returns ``EXIT_CRASH_LOOP``; on SIGTERM/SIGINT it drains and returns 0.
     """
-    mqtt.share_property_tables()
     runtime = Runtime(specs, cfg.supervision)
     server = None
     if cfg.metrics.enabled:

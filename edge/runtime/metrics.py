@@ -32,9 +32,6 @@ ACTOR_UNDELIVERED = Counter(
 ACTOR_ERRORS = Counter("edge_actor_errors", "Unhandled errors (crashes) of an actor", ["actor"])
 ACTOR_RESTARTS = Counter("edge_actor_restarts", "Restarts of an actor by its supervisor", ["actor"])
 ACTOR_UP = Gauge("edge_actor_up", "1 while the actor runs, 0 while down or restarting", ["actor"])
-ACTOR_OUTSTANDING = Gauge(
-    "edge_actor_outstanding", "Messages handed to an actor and not yet done", ["actor"]
-)
 
 HealthSource = Callable[[], dict[str, Any]]
 

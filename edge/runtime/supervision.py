@@ -27,9 +27,9 @@ from typing import Any
 
 import pykka
 
+from edge.errors import CrashLoopError
 from edge.runtime import log
 from edge.runtime.actor import ActorHandle, Ping
-from edge.errors import CrashLoopError
 from edge.runtime.metrics import ACTOR_ERRORS, ACTOR_RESTARTS, ACTOR_UP
 
 _log = log.get(__name__)

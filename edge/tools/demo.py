@@ -13,7 +13,6 @@ the exit code is 0 only when it balances.
 from __future__ import annotations
 
 import collections
-import sqlite3
 import statistics
 import sys
 import threading
@@ -25,18 +24,18 @@ from typing import IO, Any
 from prometheus_client import REGISTRY
 
 from edge import config as config_mod
-from edge.runtime import log
-from edge.runtime.actor import ActorContext, EdgeActor
 from edge.actors.buffer import Buffer, Committed, GetStats, Refused
 from edge.actors.decoder import Decoder, Incoming
 from edge.actors.uplink import Uplink
 from edge.codecs.records import Measurement, iso
 from edge.codecs.uplink import Batch
-from edge.runtime.flow import Credits
 from edge.io.link import LocalLink
-from edge.runtime.graph import ActorSpec, Runtime
-from edge.tools.simulate import Traffic
 from edge.io.store import SqliteStore
+from edge.runtime import log
+from edge.runtime.actor import ActorContext, EdgeActor
+from edge.runtime.graph import ActorSpec, Runtime
+from edge.tools.credits import Credits
+from edge.tools.simulate import Traffic
 
 REPO_REGISTRY = Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml"
 IN_FLIGHT = 1000  # like the site broker's receive maximum
@@ -214,10 +213,10 @@ def run(duration: float, devices: int, rate: float, outage: tuple[float, float] 
     finally:
         runtime.stop()
         view.close()
-    return _ledger(source, store, data_dir / "store.db", out)
+    return _ledger(source, store, out)
 
 
-def _ledger(source: DemoSource, store: TimedStore, path: Path, out: IO[str]) -> int:
+def _ledger(source: DemoSource, store: TimedStore, out: IO[str]) -> int:
     want: collections.Counter[tuple[str, str]] = collections.Counter()
     events = malformed = 0
     latencies = []
@@ -229,11 +228,8 @@ def _ledger(source: DemoSource, store: TimedStore, path: Path, out: IO[str]) -> 
                 latencies.append((store.stored_at[key] - published) * 1000)
         events += entry.get("events", 0)
         malformed += bool(entry.get("malformed"))
-    conn = sqlite3.connect(path)
-    got = collections.Counter({(d, t): n for d, t, n in conn.execute(
-        "SELECT device_id, time, count(*) FROM iot_measurements GROUP BY device_id, time")})
-    stored_events = conn.execute("SELECT count(*) FROM events WHERE type = 'hello'").fetchone()[0]
-    conn.close()
+    got = collections.Counter(store.rows_per_reading())
+    stored_events = store.count_events("hello")
     lost = sum(max(0, n - got.get(k, 0)) for k, n in want.items())
     doubled = sum(max(0, got.get(k, 0) - n) for k, n in want.items())
     lost += max(0, events - stored_events)

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-import paho.mqtt.client as mqtt
-
 from edge.codecs import registry as registry_mod
 from edge.codecs.records import iso
 from edge.codecs.template import CompiledTemplate
 from edge.config import MqttConfig
-from edge.io.mqtt import make_client
+from edge.io.mqtt import PahoClient, make_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +132,14 @@ class DeviceConnections:
 
     def __init__(self, broker: MqttConfig, prefix: str, on_publish: Any) -> None:
         self.broker, self.prefix, self.on_publish = broker, prefix, on_publish
-        self.clients: dict[str, mqtt.Client] = {}
+        self.clients: dict[str, PahoClient] = {}
 
     @staticmethod
     def status(device_id: str, state: str) -> bytes:
         return json.dumps({"v": 2, "device_id": device_id, "status": state,
                            "ts": iso(datetime.now(UTC))}).encode()
 
-    def client_for(self, device_id: str) -> mqtt.Client:
+    def client_for(self, device_id: str) -> PahoClient:
         client = self.clients.get(device_id)
         if client is None:
             client = make_client(self.broker, f"{self.prefix}-{device_id}")

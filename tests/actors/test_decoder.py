@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.runtime.actor import EdgeActor
 from edge.actors.buffer import GetSeqState, SeqState, Store
 from edge.actors.decoder import Decoder, Incoming
 from edge.config import SupervisionConfig
+from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
 
 REGISTRY = (Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml").read_text()

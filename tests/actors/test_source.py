@@ -5,15 +5,15 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
-from prometheus_client import REGISTRY
 from harness import drop_session, wait_until
+from prometheus_client import REGISTRY
 
-from edge.runtime.actor import EdgeActor
 from edge.actors.buffer import Committed
 from edge.actors.decoder import Incoming
 from edge.actors.source import MqttSource
 from edge.config import MqttConfig, SourceConfig, SupervisionConfig
 from edge.io.mqtt import connect_properties, make_client
+from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
 
 RECEIVE_MAXIMUM = 50

@@ -56,7 +56,8 @@ def test_install_lays_out_user_venv_config_state_and_unit(installed):
     assert (root / "etc" / "systemd" / "system" / "edge-gateway.service").exists()
     # The gateway's dependencies only: no Kafka client, no PostgreSQL driver on the Pi.
     python = root / "opt" / "edge" / "venv" / "bin" / "python"
-    probe = "import importlib.util as u; print([m for m in ('pykka', 'paho', 'msgpack', 'sqlite_utils', 'construct', 'kafka', 'psycopg') if u.find_spec(m)])"
+    probe = ("import importlib.util as u; print([m for m in ('pykka', 'paho', 'msgpack', 'sqlite_utils', "
+             "'construct', 'kafka', 'psycopg') if u.find_spec(m)])")
     assert run(python, "-c", probe).stdout.strip() == "['pykka', 'paho', 'msgpack', 'sqlite_utils', 'construct']"
 
 

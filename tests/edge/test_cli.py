@@ -64,7 +64,8 @@ def test_version():
 
 @pytest.mark.parametrize("sections, says", [
     ('[decoder]\nregistry = "/bin/ls"\n', "decoder.registry: /bin/ls is not UTF-8 text"),
-    ('[decoder]\nregistry = "REG"\n[buffer]\npath = "/proc/edge/buffer.db"\n', "buffer.path: cannot create or write /proc/edge/buffer.db"),
+    ('[decoder]\nregistry = "REG"\n[buffer]\npath = "/proc/edge/buffer.db"\n',
+     "buffer.path: cannot create or write /proc/edge/buffer.db"),
     ('[decoder]\nregistry = "REG"\n[buffer]\npath = "TMP"\n', "buffer.path: TMP is a directory"),
 ])
 def test_a_gateway_that_cannot_run_with_its_config_says_why_in_one_message_and_exits_2(tmp_path, sections, says):

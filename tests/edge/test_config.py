@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from edge import config
-from edge.runtime import log
 from edge.errors import ConfigError
+from edge.runtime import log
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ", ".join(sorted(f.name for f in dataclasses.fields(config.Config)))

@@ -10,9 +10,10 @@ from typing import NamedTuple
 from harness import wait_until
 from kafka import TopicPartition
 
-from edge.runtime.actor import ActorContext
+from edge.actors.consuming import ConsumingActor
 from edge.config import KafkaConfig
-from edge.actors.consuming import ConsumingActor, records_behind
+from edge.io.kafka import records_behind
+from edge.runtime.actor import ActorContext
 
 A, B, C = (TopicPartition("t", p) for p in range(3))
 

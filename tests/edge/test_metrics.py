@@ -7,9 +7,9 @@ import time
 import urllib.error
 import urllib.request
 
+from edge.config import SupervisionConfig
 from edge.runtime import metrics
 from edge.runtime.actor import EdgeActor
-from edge.config import SupervisionConfig
 from edge.runtime.graph import ActorSpec, Runtime
 
 

@@ -15,8 +15,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.io.mqtt import (READ_CHUNK, Client, _Matcher, _matcher_is_replaceable, _ReadBuffer, ack_many,
-                       connect_properties, make_client, nodelay, share_property_tables)
+from edge.io.mqtt import (
+    READ_CHUNK,
+    Client,
+    _Matcher,
+    _matcher_is_replaceable,
+    _ReadBuffer,
+    ack_many,
+    connect_properties,
+    make_client,
+    nodelay,
+    share_property_tables,
+)
 
 
 def test_the_read_buffer_serves_small_reads_from_one_large_read_and_counts_what_it_holds():

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.runtime.actor import EdgeActor
 from edge.config import SupervisionConfig
 from edge.errors import StartupError
+from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import EXIT_CRASH_LOOP, ActorSpec, Runtime, start_order
 
 APP = Path(__file__).resolve().parent.parent / "helpers" / "graph_app.py"

@@ -9,9 +9,9 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from edge.runtime.actor import EdgeActor
 from edge.config import SupervisionConfig
 from edge.errors import CrashLoopError
+from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
 from edge.runtime.supervision import RestartPolicy, RestartTracker
 

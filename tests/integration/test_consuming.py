@@ -13,14 +13,14 @@ import time
 from collections import Counter
 
 import pytest
+from harness import wait_until
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
 
-from edge.runtime.actor import ActorContext
-from edge.config import KafkaConfig
 from edge.actors.consuming import REBUILDS, ConsumingActor
+from edge.config import KafkaConfig
 from edge.io.kafka import consumer
-from harness import wait_until
+from edge.runtime.actor import ActorContext
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,20 @@ import subprocess
 import time
 
 import pytest
-from harness import (EDGE, REPO, Site, assert_exactly_once, drained, free_port, make_server, publish,
-                     quarantined, services, to_toml, wait_until)
+from harness import (
+    EDGE,
+    REPO,
+    Site,
+    assert_exactly_once,
+    drained,
+    free_port,
+    make_server,
+    publish,
+    quarantined,
+    services,
+    to_toml,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,7 +47,8 @@ def poison(seq: int) -> list[tuple[str, str, bytes, str]]:
     ("1: lone surrogate key", "homelab/energy/pz-2", b'{"power_\\ud800": 1}', "bad_text"),
     ("8: value 10**400", "iot/pz-3/telemetry",
      v2("pz-3", "telemetry", seq, measurements=[]).replace(b'"measurements": []',
-                                                        b'"measurements": [{"type": "v", "val": ' + HUGE.encode() + b"}]"),
+                                                        b'"measurements": [{"type": "v", "val": '
+                                                        + HUGE.encode() + b"}]"),
      "bad_value"),
     ("6: NUL in a label", "homelab/energy/pz-4", b'{"l\\u0000": 1}', "bad_text"),
     ("7: exit button 2**40 would wrap into pin 0", "tele/f2-abc123def456/alarm-mode/J2/exit-buttons",
@@ -84,9 +97,9 @@ def test_poison_messages_are_quarantined_with_their_reason_and_the_good_traffic_
     wait_until(lambda: len(quarantined(site.store_db)) >= 2 * len(POISON), 30, "every poison in quarantine")
     kept = quarantined(site.store_db)
     by_topic = {}
-    for topic, reason, record in kept:
+    for topic, reason, _record in kept:
         by_topic.setdefault(topic, set()).add(reason)
-    for case, topic, payload, reason in POISON:
+    for case, topic, _payload, reason in POISON:
         assert by_topic.get(topic) == {reason}, (case, by_topic.get(topic))
     big = next(r for t, _, r in kept if t == "homelab/energy/pz-7")
     assert len(bytes.fromhex(big["payload_hex"])) == 4096 and "sha256" in big["message"]
@@ -256,9 +269,8 @@ def test_uplink_frames_with_a_valid_crc_and_records_of_any_type_never_stop_the_s
 def test_rows_no_column_can_take_and_rows_the_database_refuses_go_to_the_dead_letters_alone(site, server):
     """One bad row used to dead-letter the 20 good rows of its Kafka record with it."""
     import msgpack
-    from kafka import KafkaConsumer, KafkaProducer
-
     import psycopg
+    from kafka import KafkaConsumer, KafkaProducer
 
     with psycopg.connect(server.dsn, autocommit=True) as conn:  # a row only the database refuses
         conn.execute("ALTER TABLE iot_measurements ADD CONSTRAINT no_evil CHECK (label <> 'evil')")
@@ -390,9 +402,8 @@ def test_thousands_of_hostile_messages_through_gateway_and_server_stop_nothing_a
     huge, special and wrongly typed values, surrogates, NUL, byte flips, oversize) among
     3,000 good ones from the simulator, through a real gateway, central broker, Kafka and
     PostgreSQL. Every good reading stored once; every bad message kept with a reason."""
-    from hostile import Hostile
-
     from harness import assert_exactly_once_pg, settle
+    from hostile import Hostile
 
     site.start("server")
     site.start("gateway")

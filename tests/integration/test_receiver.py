@@ -14,8 +14,8 @@ from edge.actors.receiver import UplinkReceiver
 from edge.codecs import uplink as frames
 from edge.codecs.records import Measurement
 from edge.config import MqttConfig, ReceiverConfig, SupervisionConfig
-from edge.runtime.graph import ActorSpec, Runtime
 from edge.io.store import SqliteStore
+from edge.runtime.graph import ActorSpec, Runtime
 
 
 def frame(gateway: str, first_seq: int, n: int) -> bytes:

@@ -136,7 +136,7 @@ def test_postgres_down_60s_offsets_never_pass_the_database_and_lag_returns_to_0(
             time.sleep(5)
             samples.append(_committed(server, group))
         assert all(s == frozen for s in samples), f"offsets moved while PostgreSQL was down: {frozen} -> {samples}"
-        assert site.metrics("server").get('edge_consumer_paused{group="%s"}' % group) == 1.0
+        assert site.metrics("server").get(f'edge_consumer_paused{{group="{group}"}}') == 1.0
     finally:
         services("up", "postgres")
     out, err = sim.communicate(timeout=180)
@@ -335,7 +335,7 @@ def test_a_rebalance_while_a_batch_waits_for_the_database_loses_nothing(site, se
     site.start("gateway")
     sim = site.simulate(4000, 400)
     group = f"{site.name}-sink"
-    paused = 'edge_consumer_paused{group="%s"}' % group
+    paused = f'edge_consumer_paused{{group="{group}"}}'
     intruder = None
     try:
         wait_until(lambda: server.query("SELECT count(*) FROM iot_measurements")[0][0] > 0, 60,

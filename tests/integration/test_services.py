@@ -6,12 +6,12 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 import psycopg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from edge.codecs.records import (CardRead, CommandAck, Gap, Hello, Measurement, OtaStatus,
-                                 Quarantined, Status)
+from edge.codecs.records import CardRead, CommandAck, Gap, Hello, Measurement, OtaStatus, Quarantined, Status
 from edge.codecs.registry import ENCODINGS, MODBUS_HEADER, DataPoint, DeviceTemplate
 
 INT_RANGES = {

@@ -1,35 +1,30 @@
-"""Bounding what is outstanding to an actor.
+"""``Credits``: the demo's stand-in for the site broker's Receive Maximum.
 
-pykka's mailboxes are unbounded: a fast producer can queue millions of messages in
-front of a slow actor and the process grows until it dies. Every data-path actor is
-therefore reached through a ``Credits`` counter: the sender acquires credit before it
-tells (blocking, or giving up after a timeout, which is the back-pressure signal to pass
-upstream, e.g. by not acking the broker), and the receiver releases it once the work is
-done or durably handed on.
+``edge demo`` has no broker: its ``DemoSource`` takes credit for every message it hands to
+the decoder and gives it back when the buffer commits (or refuses) the batch, so at most
+``IN_FLIGHT`` messages are unacknowledged, as a real broker allows the real source. The
+runtime's own actors are bounded by the protocol instead (docs/architecture.md, "What
+bounds the pipeline"): the broker's Receive Maximum, the source's numbered batches, the
+buffer's quota, the uplink's window and the consumers' batch sizes.
 """
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client import Gauge
-
 
 class Credits:
     """A thread-safe counter of outstanding work with a hard limit.
 
-    Callers: any thread may ``acquire``; the receiving actor calls ``release`` from its own
-    thread. After the receiver crashed, its queued messages are gone: the supervisor calls
-    ``reset`` so their credit is not lost forever.
+    Any thread may ``acquire`` or ``release``; ``reset`` forgets everything outstanding.
     """
 
-    def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
+    def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"credit limit must be at least 1, got {limit}")
         self.limit = limit
         self._outstanding = 0
         self._cond = threading.Condition()
-        self._gauge = gauge
 
     @property
     def outstanding(self) -> int:
@@ -51,7 +46,6 @@ class Credits:
             if not self._cond.wait_for(lambda: self._outstanding + n <= self.limit, timeout):
                 return False
             self._outstanding += n
-            self._publish()
             return True
 
     def release(self, n: int = 1) -> None:
@@ -59,15 +53,9 @@ class Credits:
             if n > self._outstanding:
                 raise ValueError(f"release of {n} credits, only {self._outstanding} outstanding")
             self._outstanding -= n
-            self._publish()
             self._cond.notify_all()
 
     def reset(self) -> None:
         with self._cond:
             self._outstanding = 0
-            self._publish()
             self._cond.notify_all()
-
-    def _publish(self) -> None:
-        if self._gauge is not None:
-            self._gauge.set(self._outstanding)

@@ -1,4 +1,4 @@
-"""Credits bound what is outstanding to an actor."""
+"""Credits: the demo's bound on unacknowledged messages (its broker's Receive Maximum)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge.runtime.flow import Credits
+from edge.tools.credits import Credits
 
 
 def test_acquire_beyond_the_limit_waits_and_times_out():
