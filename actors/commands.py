@@ -47,7 +47,7 @@ INVALID = Counter("edge_commands_invalid", "Downlink messages that are not a val
 PENDING = Gauge("edge_commands_pending", "Commands stored and not yet delivered")
 ONLINE = Gauge("edge_devices_online", "Devices seen within the offline window")
 
-DEFAULT_OFFLINE_AFTER_S = 2 * max(10, 30)  # protocols.md: 2 x max(send 10 s, hello 30 s)
+DEFAULT_OFFLINE_AFTER_S = 2 * max(10, 30)  # docs/protocols.md: 2 x max(send 10 s, hello 30 s)
 
 
 @dataclass(frozen=True, slots=True)

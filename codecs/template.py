@@ -6,7 +6,7 @@ turns it into precompiled ``struct.Struct`` objects:
 - fast path: when every data point is a plain integer/float in one byte order and none
   overlap, the whole template becomes *one* ``Struct`` with pad bytes between the fields,
   so a frame is cut with a single ``unpack_from`` call (measured in bench/codecs.py; it
-  beats construct's compiled parser about fourfold, see performance.md);
+  beats construct's compiled parser about fourfold, see docs/performance.md, "Library costs");
 - general path: bit fields, word-swapped values, mixed byte orders, overlaps, or a frame
   too short for every point: one precompiled reader per data point, so a short or bad
   point yields an error for that point while the others still decode.

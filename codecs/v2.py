@@ -67,7 +67,7 @@ def envelope(doc: Mapping[str, Any], topic: str) -> Envelope:
     ts = parse_time(doc["ts"], "ts")
     seq = doc.get("seq")
     if v == 2 and msg_type == "status" and "seq" not in doc and "msg_type" not in doc:
-        # protocols.md: the status message doubles as the Last Will, whose payload is fixed
+        # docs/protocols.md: the status message doubles as the Last Will, whose payload is fixed
         # when the device connects; it carries neither seq nor msg_type. Never deduplicated.
         return Envelope(v, device_id, ts, doc["ts"], None, msg_type)
     if v == 2:

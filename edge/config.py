@@ -314,7 +314,7 @@ class UplinkConfig:
 class CommandsConfig:
     """[commands] Downlink commands: stored here, delivered to online devices before
     their deadline. A device is offline after ``offline_after_s`` without a message
-    (protocols.md: 2 x max(send interval, hello interval))."""
+    (docs/protocols.md, "Device presence": 2 x max(send interval, hello interval))."""
 
     path: str = _checked("/var/lib/edge/commands.db", _check_path)
     offline_after_s: float = _checked(60.0, _check_positive)

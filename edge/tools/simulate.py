@@ -127,7 +127,7 @@ class Traffic:
 
 class DeviceConnections:
     """One MQTT connection per v2 device, each with its Last Will: the retained
-    ``iot/<id>/status`` ``offline`` message of protocols.md (no seq: a will is fixed at
+    ``iot/<id>/status`` ``offline`` message of docs/protocols.md (no seq: a will is fixed at
     connect time), and a retained ``online`` once connected. Used with ``--lwt``."""
 
     def __init__(self, broker: MqttConfig, prefix: str, on_publish: Any) -> None:
@@ -171,7 +171,7 @@ def run(broker: MqttConfig, traffic: Traffic, rate: float, count: int | None,
     messages or ``stop``; returns how many the broker acknowledged. With ``lwt``, v2
     devices publish over connections of their own, with a Last Will."""
     client = make_client(broker, client_id)
-    client.max_inflight_messages_set(100)  # performance.md: large in-flight limits are slower
+    client.max_inflight_messages_set(100)  # docs/performance.md, "Library costs"
     pending: dict[tuple[int, int], dict[str, Any]] = {}  # (client, mid): mids are per client
     lock = threading.Lock()
     acked = 0
