@@ -45,7 +45,7 @@ from edge.runtime.health import CONDITIONS
 
 __all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committed", "Confirm",
            "DeadLetter", "Entry", "GetSeqState", "GetStats", "LeaseRequest", "Leased", "Refused",
-           "Rewind", "Room", "SeqState", "Store", "StoreLocal"]
+           "Rewind", "Room", "SeqState", "Stats", "Store", "StoreLocal"]
 
 _log = log.get(__name__)
 
@@ -132,7 +132,16 @@ class Rewind:
 
 @dataclass(frozen=True, slots=True)
 class GetStats:
-    """Ask: answered with ``BufferDB.stats()``."""
+    """``BufferDB.stats()``: told back to ``reply_to`` as ``Stats`` (the uplink's heartbeat:
+    no ask on the data path), or, without ``reply_to``, the answer of an ask (the demo,
+    tests)."""
+
+    reply_to: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    stats: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +231,13 @@ class Buffer(EdgeActor):
                     self._room()
             case Rewind():
                 db.rewind()
-            case GetStats():
+            case GetStats(None):
                 return db.stats()
+            case GetStats(reply_to):
+                try:
+                    reply_to.tell(Stats(db.stats()))
+                except pykka.ActorDeadError:
+                    pass
             case GetSeqState(reply_to):
                 try:
                     reply_to.tell(SeqState(db.seq_state()))

@@ -157,7 +157,7 @@ class Decoder(EdgeActor):
         RECORDS.inc(records)
         mids = tuple(m[0] for m in messages)
         self.send(self.buffer, Store(tuple(entries), mids, generation, batch, seq_state))
-        if "commands" in self.ctx.handles:
+        if self.ctx.has_peer("commands"):
             if seen:
                 self.send("commands", Presence(seen))
             for ack in acks:

@@ -187,7 +187,7 @@ class MqttSource(EdgeActor):
         self.outstanding[self.batch] = (time.monotonic(), len(batch))
         UNACKED.inc(len(batch))
         # An undelivered batch (decoder restarting) leaves a hole the buffer will refuse.
-        self.ctx.handles[self.decoder].tell(Incoming(batch, self.generation, self.batch))
+        self.send(self.decoder, Incoming(batch, self.generation, self.batch))
 
     def _tick(self) -> None:
         interval = self.cfg.batch_ms / 1000

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge.actors.buffer import Confirm, DeadLetter, GetStats, Leased, LeaseRequest, Rewind
+from edge.actors.buffer import Confirm, DeadLetter, GetStats, Leased, LeaseRequest, Rewind, Stats
 from edge.actors.commands import Downlink
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
@@ -123,8 +123,8 @@ class Uplink(EdgeActor):
         self.tell_self(_Ack(payload))
 
     def command(self, payload: bytes) -> None:
-        if "commands" in self.ctx.handles:
-            self.ctx.handles["commands"].tell(Downlink(payload))
+        if self.ctx.has_peer("commands"):
+            self.send("commands", Downlink(payload))
 
     def receiver_online(self) -> None:
         self.tell_self(_ReceiverOnline())
@@ -157,6 +157,8 @@ class Uplink(EdgeActor):
                 self._on_tick()
             case _ReceiverOnline():
                 self._resend("receiver online")
+            case Stats(stats):
+                self._heartbeat(stats)
             case _:
                 raise TypeError(f"uplink got an unknown message {message!r}")
         return None
@@ -241,15 +243,13 @@ class Uplink(EdgeActor):
                     FRAMES_RESENT.inc()
             if now - self.last_heartbeat >= self.cfg.heartbeat_s:
                 self.last_heartbeat = now
-                self._heartbeat()
+                # The buffer's figures come back as Stats, then the heartbeat goes out.
+                self.send(self.buffer, GetStats(self.actor_ref))
         self._request()
 
-    def _heartbeat(self) -> None:
-        assert self.link is not None
-        try:
-            stats = self.ctx.handles[self.buffer].ask(GetStats(), timeout=2)
-        except Exception as exc:  # noqa: BLE001 - a heartbeat says what it can
-            stats = {"error": repr(exc)}
+    def _heartbeat(self, stats: dict[str, Any]) -> None:
+        if not self.connected or self.link is None:
+            return
         self.link.publish_status(self._status(
             "online", buffer_depth=stats.get("depth"), oldest_age_s=stats.get("oldest_age_s"),
             dropped_total=stats.get("dropped_total"), unconfirmed_frames=len(self.window)))

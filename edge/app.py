@@ -7,14 +7,15 @@
   into Kafka, bridge);
 - the demo (``edge.tools.demo``) runs ``gateway_specs`` with a simulated source.
 
-Who sends what to whom (the actors name their peers by these names):
+Who sends what to whom: ``GATEWAY_EDGES`` below, given to each actor's spec as
+``sends_to``; an actor can send only along its edges (``ActorContext.peer``):
 
     source   --Incoming-->                          decoder
     decoder  --Store, GetSeqState-->                buffer     (SeqState comes back)
     decoder  --Presence, DeviceAck-->               commands
     buffer   --Committed, Refused, Room-->          source
     buffer   --Leased-->                            uplink
-    uplink   --LeaseRequest, Confirm, DeadLetter, Rewind-->  buffer
+    uplink   --LeaseRequest, Confirm, DeadLetter, Rewind, GetStats-->  buffer  (Stats back)
     uplink   --Downlink-->                          commands
     commands --StoreLocal-->                        buffer
 
@@ -25,10 +26,12 @@ taking messages first, the buffer closes last.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.actors.buffer import Buffer
 from edge.actors.commands import CommandRouter
@@ -43,6 +46,7 @@ from edge.errors import ConfigError, ConfigProblem
 from edge.io.link import Link, LocalLink, MqttLink
 from edge.io.mqtt import share_property_tables
 from edge.io.store import RecordStore, SqliteStore
+from edge.runtime.actor import ActorContext
 from edge.runtime.graph import ActorSpec, run_graph
 
 
@@ -110,12 +114,30 @@ def preflight(cfg: Config, role: str) -> None:
         raise ConfigError(problems)
 
 
+# The gateway's message edges: actor -> the actors it sends to (the table above).
+GATEWAY_EDGES: dict[str, tuple[str, ...]] = {
+    "source": ("decoder",),
+    "decoder": ("buffer", "commands"),
+    "buffer": ("source", "uplink"),
+    "uplink": ("buffer", "commands"),
+    "commands": ("buffer",),
+}
+
+
+def wired(specs: list[ActorSpec], edges: dict[str, tuple[str, ...]]) -> list[ActorSpec]:
+    """The specs with their ``sends_to`` from ``edges``, limited to the actors present (the
+    demo's graph has no command router)."""
+    present = {s.name for s in specs}
+    return [dataclasses.replace(s, sends_to=tuple(p for p in edges.get(s.name, ()) if p in present))
+            for s in specs]
+
+
 def gateway_specs(cfg: Config) -> list[ActorSpec]:
     preflight(cfg, "gateway")
     registry_text = read_registry(cfg)
     b, gw = cfg.buffer, cfg.node.id
     client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
-    return [
+    return wired([
         ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy,
                                                            b.ttl_s)),
         ActorSpec("commands", lambda ctx: CommandRouter.start(
@@ -129,7 +151,20 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
                   after=("buffer", "commands")),
         ActorSpec("source", lambda ctx: MqttSource.start(ctx, cfg.site_broker, cfg.source, client_id),
                   after=("decoder", "uplink")),
-    ]
+    ], GATEWAY_EDGES)
+
+
+def demo_specs(cfg: Config, buffer_path: str, registry_text: str, link: Link,
+               start_source: Callable[[ActorContext], Any]) -> list[ActorSpec]:
+    """``edge demo``'s gateway: the real buffer, decoder and uplink (over ``link``, the
+    in-process one), fed by the demo's simulated source instead of the site broker."""
+    return wired([
+        ActorSpec("buffer", lambda ctx: Buffer.start(ctx, buffer_path, "power-safe", 1024**3, "reject")),
+        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer",)),
+        ActorSpec("uplink", lambda ctx: Uplink.start(ctx, lambda will: link, cfg.uplink, "demo-gw"),
+                  after=("buffer",)),
+        ActorSpec("source", start_source, after=("decoder", "uplink")),
+    ], GATEWAY_EDGES)
 
 
 def uplink_link(cfg: Config) -> Callable[[bytes], Link]:
@@ -144,7 +179,7 @@ def uplink_link(cfg: Config) -> Callable[[bytes], Link]:
 def receiver_specs(cfg: Config, store: RecordStore) -> list[ActorSpec]:
     client_id = cfg.central_broker.client_id or f"edge-{cfg.node.id}-receiver"
     return [ActorSpec("receiver", lambda ctx: UplinkReceiver.start(
-        ctx, cfg.central_broker, cfg.receiver, store, client_id))]
+        ctx, cfg.central_broker, cfg.receiver, store, client_id), sends_to=())]
 
 
 def kafka_client_base(cfg: Config) -> str:
@@ -165,17 +200,17 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     specs: list[ActorSpec] = []
     if on.sink:
         specs.append(ActorSpec("sink", lambda ctx: TimescaleSink.start(
-            ctx, cfg.kafka, cfg.postgres, cfg.sink, f"{base}-sink")))
+            ctx, cfg.kafka, cfg.postgres, cfg.sink, f"{base}-sink"), sends_to=()))
     if on.decoder:
         specs.append(ActorSpec("stream_decoder", lambda ctx: StreamDecoder.start(
-            ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder")))
+            ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder"), sends_to=()))
     if on.receiver:
         assert store is not None
         specs += receiver_specs(cfg, store)
     if on.bridge:
         client_id = f"{cfg.central_broker.client_id or f'edge-{node}'}-bridge"
         specs.append(ActorSpec("bridge", lambda ctx: DirectBridge.start(
-            ctx, cfg.central_broker, cfg.kafka, cfg.bridge, client_id)))
+            ctx, cfg.central_broker, cfg.kafka, cfg.bridge, client_id), sends_to=()))
     if not specs:
         raise ConfigError([ConfigProblem("server", "every server actor is turned off")])
     return specs

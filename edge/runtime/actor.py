@@ -86,15 +86,27 @@ class ActorHandle:
 
 @dataclass(frozen=True, slots=True)
 class ActorContext:
-    """What the wiring gives an actor: its name and the handles of the whole graph."""
+    """What the wiring gives an actor: its name, the handles of the whole graph, and the
+    peers it may send to (the edges ``edge/app.py`` declares; None: not declared, any,
+    for graphs built by hand in tests)."""
 
     name: str
     handles: Mapping[str, ActorHandle]
     on_crash: Callable[[str, BaseException | None], None] = lambda name, exc: None
+    peers: frozenset[str] | None = None
 
     @property
     def handle(self) -> ActorHandle:
         return self.handles[self.name]
+
+    def has_peer(self, name: str) -> bool:
+        return name in self.handles and (self.peers is None or name in self.peers)
+
+    def peer(self, name: str) -> ActorHandle:
+        """The handle of a declared peer; a send along an undeclared edge is a bug."""
+        if not self.has_peer(name):
+            raise KeyError(f"actor {self.name!r} has no edge to {name!r} (declared in edge/app.py)")
+        return self.handles[name]
 
 
 class EdgeActor(pykka.ThreadingActor):
@@ -156,7 +168,7 @@ class EdgeActor(pykka.ThreadingActor):
 
     def send(self, target: str | ActorHandle, message: Any) -> bool:
         """Tell another actor of the graph (by name or handle), counting the message."""
-        handle = target if isinstance(target, ActorHandle) else self.ctx.handles[target]
+        handle = target if isinstance(target, ActorHandle) else self.ctx.peer(target)
         delivered = handle.tell(message)
         if delivered:
             self._out.inc()

@@ -37,11 +37,14 @@ EXIT_CRASH_LOOP = 70  # EX_SOFTWARE: systemd's Restart=on-failure takes over
 
 @dataclass(frozen=True, slots=True)
 class ActorSpec:
-    """One node of the graph. ``start`` builds and starts the actor from its context."""
+    """One node of the graph. ``start`` builds and starts the actor from its context;
+    ``after``: the actors it starts after; ``sends_to``: the actors it may send to (the
+    graph's edges; None leaves them undeclared, which only tests do)."""
 
     name: str
     start: Callable[[ActorContext], pykka.ActorRef[Any]]
     after: tuple[str, ...] = ()
+    sends_to: tuple[str, ...] | None = None
 
 
 def start_order(specs: Iterable[ActorSpec]) -> list[ActorSpec]:
@@ -75,6 +78,12 @@ class Runtime:
         self.specs = start_order(specs)
         self.config = supervision
         self.handles = {s.name: ActorHandle(s.name) for s in self.specs}
+        for spec in self.specs:
+            unknown = sorted(set(spec.sends_to or ()) - set(self.handles))
+            if unknown:
+                raise StartupError(f"actor {spec.name!r} declares edges to actors not in the graph: "
+                                   f"{', '.join(unknown)}")
+        self.peers = {s.name: None if s.sends_to is None else frozenset(s.sends_to) for s in self.specs}
         self.failure: RuntimeFailure | None = None
         self._done = threading.Event()
         self._started: list[ActorSpec] = []
@@ -90,7 +99,7 @@ class Runtime:
         )
 
     def _context(self, name: str) -> ActorContext:
-        return ActorContext(name, self.handles, self.supervisor.crashed)
+        return ActorContext(name, self.handles, self.supervisor.crashed, self.peers[name])
 
     def start(self) -> None:
         """Start every actor in order; on any failure stop what started and raise."""

@@ -23,17 +23,17 @@ from typing import IO, Any
 
 from prometheus_client import REGISTRY
 
+from edge import app
 from edge import config as config_mod
-from edge.actors.buffer import Buffer, Committed, GetStats, Refused
-from edge.actors.decoder import Decoder, Incoming
-from edge.actors.uplink import Uplink
+from edge.actors.buffer import Committed, GetStats, Refused
+from edge.actors.decoder import Incoming
 from edge.codecs.records import Measurement, iso
 from edge.codecs.uplink import Batch
 from edge.io.link import LocalLink
 from edge.io.store import SqliteStore
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
-from edge.runtime.graph import ActorSpec, Runtime
+from edge.runtime.graph import Runtime
 from edge.tools.credits import Credits
 from edge.tools.simulate import Traffic
 
@@ -111,7 +111,7 @@ class DemoSource(EdgeActor):
             self.batch += 1
             self.outstanding[self.batch] = messages
             batch = tuple((m.mid, m.topic, m.payload, time.time()) for m in messages)
-            self.ctx.handles["decoder"].tell(Incoming(batch, self.generation, self.batch))
+            self.send("decoder", Incoming(batch, self.generation, self.batch))
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -170,15 +170,9 @@ def run(duration: float, devices: int, rate: float, outage: tuple[float, float] 
     traffic = Traffic("mix", devices, registry.read_text(encoding="utf-8"), seed=7)
     registry_text = registry.read_text(encoding="utf-8")
     buffer_path = str(data_dir / "buffer.db")
-    specs = [
-        ActorSpec("buffer", lambda ctx: Buffer.start(ctx, buffer_path, "power-safe", 1024**3, "reject")),
-        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, registry_text), after=("buffer",)),
-        ActorSpec("uplink", lambda ctx: Uplink.start(ctx, lambda will: link, cfg.uplink, "demo-gw"),
-                  after=("buffer",)),
-        ActorSpec("source", lambda ctx: DemoSource.start(ctx, traffic, rate, holder),
-                  after=("decoder", "uplink")),
-    ]
     holder: dict[str, DemoSource] = {}
+    specs = app.demo_specs(cfg, buffer_path, registry_text, link,
+                           lambda ctx: DemoSource.start(ctx, traffic, rate, holder))
     runtime = Runtime(specs, cfg.supervision)
     view = _view(ui, out)
     runtime.start()
