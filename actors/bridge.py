@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ from edge.codecs import stream
 from edge.codecs.dispatch import topic_matches
 from edge.config import BridgeConfig, KafkaConfig, MqttConfig
 from edge.io.kafka import Delivery, producer
-from edge.io.mqtt import MqttMessage, PahoClient, Session, ack_many
+from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 
@@ -46,29 +47,42 @@ def parse_mappings(items: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
+def device_key(topic: str) -> str:
+    """The Kafka key of a device's messages, so each device's stay in order on one partition:
+    ``homelab/<kind>/<device>`` -> device, ``<prefix>/<device>/...`` -> device."""
+    parts = topic.split("/")
+    if parts[0] == "homelab" and len(parts) > 2:
+        return parts[2]
+    return parts[1] if len(parts) > 1 else topic
+
+
 class DirectBridge(EdgeActor):
+    receives = (_Messages,)
+
     def __init__(self, ctx: ActorContext, broker: MqttConfig, kafka: KafkaConfig, cfg: BridgeConfig,
-                 client_id: str) -> None:
+                 client_id: str, session: SessionFactory = Session,
+                 delivery: Callable[[], Delivery] | None = None) -> None:
+        """``session`` and ``delivery`` make the broker session and the Kafka delivery
+        (tests give fakes); by default a ``Session`` and a ``Delivery`` to ``kafka``."""
         super().__init__(ctx)
         self.broker, self.kafka, self.cfg, self.client_id = broker, kafka, cfg, client_id
+        self.make_session, self.make_delivery = session, delivery or self._kafka_delivery
         self.mappings = parse_mappings(cfg.mappings)
-        self.session: Session | None = None
-        self.client: PahoClient | None = None
+        self.session: MqttSession | None = None
         self.delivery: Delivery | None = None
         self.lock = threading.Lock()
         self.pending: list[tuple[int, str, bytes, datetime]] = []
         self.origin = f"{broker.host}:{broker.port}"
 
     def on_start(self) -> None:
-        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"), name="bridge")
+        self.delivery = self.make_delivery()
         share = f"$share/{self.cfg.share_group}/" if self.cfg.share_group else ""
-        self.session = Session(
+        self.session = self.make_session(
             self.broker, self.client_id, "central broker (bridge)", manual_ack=True,
             session_expiry_s=self.cfg.session_expiry_s, receive_maximum=self.cfg.receive_maximum,
             subscriptions=[(share + f, 1) for f, _ in self.mappings],
             retain_once=not share,  # shared subscriptions get no retained messages anyway
             on_message=self._on_message)
-        self.client = self.session.client
         self.session.start()
 
     def close(self) -> None:
@@ -76,12 +90,15 @@ class DirectBridge(EdgeActor):
             self.delivery.stopping.set()
         if self.session is not None:
             self.session.stop()
-            self.session = self.client = None
+            self.session = None
         if self.delivery is not None:
             self.delivery.close()
             self.delivery = None
 
-    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
+    def _kafka_delivery(self) -> Delivery:
+        return Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"), name="bridge")
+
+    def _on_message(self, message: Inbound) -> None:
         with self.lock:
             wake = not self.pending
             self.pending.append((message.mid, message.topic, message.payload, datetime.now(UTC)))
@@ -95,8 +112,6 @@ class DirectBridge(EdgeActor):
                     waiting, self.pending = self.pending, []
                 if waiting:
                     self._bridge(waiting)
-            case _:
-                raise TypeError(f"bridge got an unknown message {message!r}")
         return None
 
     def route(self, topic: str) -> tuple[str, str] | None:
@@ -106,19 +121,18 @@ class DirectBridge(EdgeActor):
         return None
 
     def _bridge(self, waiting: list[tuple[int, str, bytes, datetime]]) -> None:
-        assert self.client is not None and self.delivery is not None
+        assert self.session is not None and self.delivery is not None
         out: list[stream.Message] = []
         counted: list[tuple[str, str]] = []
         for _, topic, payload, received_at in waiting:
             route = self.route(topic)
             if route is None:  # a retained message of an older mapping, say: keep it visible
                 route = ("(unmapped)", self.kafka.raw_topic + ".dlq")
-            parts = topic.split("/")
-            key = parts[1] if len(parts) > 1 else topic
+            key = device_key(topic)
             out.append(stream.raw(route[1], topic, payload, received_at, key, broker=self.origin,
                                   source=f"mqtt:{self.origin}"))
             counted.append(route)
         self.delivery.deliver(out)  # returns only when Kafka has every message
-        ack_many(self.client, [mid for mid, *_ in waiting])  # one write for the batch
+        self.session.ack([mid for mid, *_ in waiting])  # one write for the batch
         for (filt, kafka_topic), n in collections.Counter(counted).items():  # an inc() takes a lock
             BRIDGED.labels(filt, kafka_topic).inc(n)

@@ -163,6 +163,7 @@ class SeqState:
 # ----------------------------------------------------------------------------- actor
 class Buffer(EdgeActor):
     """The buffer actor. Talks to ``source`` (Committed) and ``uplink`` (Leased)."""
+    receives = (Store, StoreLocal, LeaseRequest, Confirm, DeadLetter, Rewind, GetStats, GetSeqState)
 
     EXPIRE_EVERY_S = 10.0
 
@@ -243,8 +244,6 @@ class Buffer(EdgeActor):
                     reply_to.tell(SeqState(db.seq_state()))
                 except pykka.ActorDeadError:
                     pass  # the requester died meanwhile; its successor asks again
-            case _:
-                raise TypeError(f"buffer got an unknown message {message!r}")
         return None
 
     def _lease(self, request: LeaseRequest) -> None:

@@ -34,7 +34,7 @@ from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
 from edge.io.commands_db import CommandQueue
-from edge.io.mqtt import Session
+from edge.io.mqtt import MqttSession, Session, SessionFactory
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 
@@ -78,21 +78,25 @@ class _Tick:
 
 
 class CommandRouter(EdgeActor):
+    receives = (Downlink, Presence, DeviceAck, _Tick)
+
     def __init__(self, ctx: ActorContext, broker: MqttConfig, client_id: str, path: str,
-                 offline_after_s: float = DEFAULT_OFFLINE_AFTER_S, buffer: str = "buffer") -> None:
+                 offline_after_s: float = DEFAULT_OFFLINE_AFTER_S, buffer: str = "buffer",
+                 session: SessionFactory = Session) -> None:
         super().__init__(ctx)
+        self.make_session = session
         self.broker, self.client_id, self.path = broker, client_id, path
         self.offline_after_s, self.buffer = offline_after_s, buffer
         self.presence: dict[str, tuple[float, str | None]] = {}
         self.queue: CommandQueue | None = None
-        self.session: Session | None = None
+        self.session: MqttSession | None = None
         self.connected = threading.Event()
         self.stop_ticker = threading.Event()
         self.pending = 0  # commands waiting: no routing work on the hot path when 0
 
     def on_start(self) -> None:
         self.queue = CommandQueue(self.path)
-        self.session = Session(self.broker, self.client_id, "site broker (commands)",
+        self.session = self.make_session(self.broker, self.client_id, "site broker (commands)",
                                on_connect=lambda flags: self.connected.set(),
                                on_disconnect=lambda reason: self.connected.clear())
         self.session.start()
@@ -132,8 +136,6 @@ class CommandRouter(EdgeActor):
                 if self.pending:
                     self._route()
                 self._publish_gauges()
-            case _:
-                raise TypeError(f"command router got an unknown message {message!r}")
         return None
 
     def online(self, device: str, now: float) -> bool:

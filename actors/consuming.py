@@ -95,6 +95,8 @@ class _InFlight:
 
 
 class ConsumingActor(EdgeActor):
+    receives = (_Poll,)
+
     retryable: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, ctx: ActorContext, kafka: KafkaConfig, group: str, topics: tuple[str, ...],
@@ -219,8 +221,6 @@ class ConsumingActor(EdgeActor):
                 if self.consumer is not None:
                     self._step()
                     self.tell_self(message)
-            case _:
-                raise TypeError(f"{self.name} got an unknown message {message!r}")
         return None
 
     def health(self) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class Incoming:
 
 
 class Decoder(EdgeActor):
+    receives = (Incoming, SeqState)
+
     def __init__(self, ctx: ActorContext, registry_text: str, buffer: str = "buffer",
                  processes: int = 0, window: tuple[float, float] = (0.0, 0.0)) -> None:
         """``window``: (max age, max ahead) of a record's time around its message's receive
@@ -107,8 +109,6 @@ class Decoder(EdgeActor):
                 waiting, self.waiting = self.waiting, []
                 for incoming in waiting:
                     self._decode(incoming.messages, incoming.generation, incoming.batch)
-            case _:
-                raise TypeError(f"decoder got an unknown message {message!r}")
 
     def _decode(self, messages: tuple[Message, ...], generation: int, batch: int) -> None:
         if self.pool is not None:

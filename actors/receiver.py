@@ -34,7 +34,7 @@ from prometheus_client import Counter, Histogram
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
-from edge.io.mqtt import MqttMessage, PahoClient, Session
+from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory
 from edge.io.store import RecordStore, confirmation, refusal
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
@@ -54,42 +54,43 @@ class _Frames:
 
 
 class UplinkReceiver(EdgeActor):
+    receives = (_Frames,)
+
     def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: ReceiverConfig,
-                 store: RecordStore, client_id: str) -> None:
+                 store: RecordStore, client_id: str, session: SessionFactory = Session) -> None:
         super().__init__(ctx)
         self.broker, self.cfg, self.store, self.client_id = broker, cfg, store, client_id
-        self.session: Session | None = None
-        self.client: PahoClient | None = None
+        self.make_session = session
+        self.session: MqttSession | None = None
         self.lock = threading.Lock()
         self.pending: list[tuple[int, str, bytes]] = []
         self.status_topic = f"edge/receivers/{client_id}/status"
 
     def on_start(self) -> None:
-        self.session = Session(
+        self.session = self.make_session(
             self.broker, self.client_id, "central broker (receiver)", manual_ack=True,
             session_expiry_s=7 * 86_400, receive_maximum=100,
             subscriptions=[(f"$share/{self.cfg.share_group}/edge/+/up", 1)],
             on_message=self._on_message, on_connect=self._on_connect,
             will=(self.status_topic, self._status("offline")))
-        self.client = self.session.client
         self.session.start()
 
     def close(self) -> None:
         if self.session is not None:
             if self.session.is_connected():
-                self.session.client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+                self.session.publish(self.status_topic, self._status("offline"), retain=True)
             self.session.stop()
-            self.session = self.client = None
+            self.session = None
 
     def _status(self, state: str) -> bytes:
         return json.dumps({"status": state, "receiver": self.client_id, "ts": time.time()}).encode()
 
     def _on_connect(self, flags: Any) -> None:
-        assert self.client is not None
-        self.client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        assert self.session is not None
+        self.session.publish(self.status_topic, self._status("online"), retain=True)
         _log.info("receiver_connected", host=self.broker.host, group=self.cfg.share_group)
 
-    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
+    def _on_message(self, message: Inbound) -> None:
         with self.lock:
             wake = not self.pending
             self.pending.append((message.mid, message.topic, message.payload))
@@ -103,13 +104,12 @@ class UplinkReceiver(EdgeActor):
                     waiting, self.pending = self.pending, []
                 if waiting:
                     self._frames(waiting)
-            case _:
-                raise TypeError(f"receiver got an unknown message {message!r}")
         return None
 
     def _frames(self, waiting: list[tuple[int, str, bytes]]) -> None:
         """Everything that arrived since the last commit, in ONE transaction."""
-        assert self.client is not None
+        session = self.session
+        assert session is not None
         good: list[tuple[int, str, frames.Batch]] = []
         for mid, topic, payload in waiting:
             gateway = topic.split("/")[1] if topic.count("/") == 2 else ""
@@ -126,18 +126,18 @@ class UplinkReceiver(EdgeActor):
                     _log.warning("frame_rejected", topic=topic, reason=exc.reason,
                                  detail=exc.describe()[:500], answered=final, suppressed=held)
                 self.store.reject(topic, payload, exc.reason, exc.describe())  # durable: a dead letter
-                self.client.ack(mid, 1)
+                session.ack([mid])
                 if final:
                     assert exc.frame is not None
-                    self.client.publish(f"edge/{gateway}/ack", refusal(*exc.frame[1:], exc), qos=1)
+                    session.publish(f"edge/{gateway}/ack", refusal(*exc.frame[1:], exc))
                 continue
             good.append((mid, gateway, batch))
         if not good:
             return
         with WRITE_SECONDS.time():
             self.store.write([b for _, _, b in good])  # durable on return; raising = unacked
-        for mid, gateway, batch in good:
-            self.client.ack(mid, 1)
+        session.ack([mid for mid, _, _ in good])  # one write for what was stored together
+        for _, gateway, batch in good:
             FRAMES.inc()
             RECORDS.inc(len(batch.records))
-            self.client.publish(f"edge/{gateway}/ack", confirmation(batch), qos=1)
+            session.publish(f"edge/{gateway}/ack", confirmation(batch))

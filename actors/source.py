@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge
 from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
-from edge.io.mqtt import MqttMessage, PahoClient, Session, ack_many, topic_matches
+from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory, topic_matches
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 
@@ -66,10 +66,13 @@ class _Resume:
 
 
 class MqttSource(EdgeActor):
+    receives = (Committed, Refused, Room, _Resume, _Reconnect)
+
     def __init__(self, ctx: ActorContext, broker: MqttConfig, cfg: SourceConfig,
-                 client_id: str, decoder: str = "decoder") -> None:
+                 client_id: str, decoder: str = "decoder", session: SessionFactory = Session) -> None:
         super().__init__(ctx)
         self.broker, self.cfg, self.client_id, self.decoder = broker, cfg, client_id, decoder
+        self.make_session = session
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)  # notified when held messages are acked
         self.held = 0  # received on this connection, not acked yet
@@ -79,8 +82,7 @@ class MqttSource(EdgeActor):
         self.outstanding: dict[int, tuple[float, int]] = {}  # batch -> (sent at, messages)
         self.generation = 0
         self.batch = 0
-        self.session: Session | None = None
-        self.client: PahoClient | None = None
+        self.session: MqttSession | None = None
         self.reconnect_at: float | None = None  # away on purpose (full buffer) until then
         self.full_backoff = 0.0
         self.stop_ticker = threading.Event()
@@ -114,19 +116,18 @@ class MqttSource(EdgeActor):
             self._new_generation_locked()
             self.reconnect_requested = False
             self.releasing = False
-        self.session = Session(
+        self.session = self.make_session(
             self.broker, self.client_id, "site broker", manual_ack=True,
             session_expiry_s=self.cfg.session_expiry_s, receive_maximum=self.cfg.receive_maximum,
             subscriptions=[(topic, 1) for topic in self.cfg.topics], retain_once=True,
             on_message=self._on_message, on_connect=self._on_connect, on_disconnect=self._on_disconnect)
-        self.client = self.session.client
         self.session.start()
 
     def _disconnect(self) -> None:
         with self.lock:
             self.releasing = True  # free paho's thread if it waits for room: loop_stop joins it
             self.room.notify_all()
-        session, self.session, self.client = self.session, None, None
+        session, self.session = self.session, None
         if session is not None:
             session.stop()
             CONNECTED.set(0)
@@ -145,7 +146,7 @@ class MqttSource(EdgeActor):
         with self.lock:
             self._new_generation_locked()
 
-    def _on_message(self, client: PahoClient, userdata: Any, message: MqttMessage) -> None:
+    def _on_message(self, message: Inbound) -> None:
         topic = message.topic
         payload = message.payload
         with self.lock:
@@ -211,9 +212,9 @@ class MqttSource(EdgeActor):
     def handle(self, message: Any) -> Any:
         match message:
             case Committed(mids, generation, batch):
-                if generation != self.generation or self.client is None:
+                if generation != self.generation or self.session is None:
                     return None  # an old connection's: those come again
-                ack_many(self.client, mids)  # one write for the batch
+                self.session.ack(mids)  # one write for the batch
                 ACKED.inc(len(mids))
                 with self.lock:
                     _, count = self.outstanding.pop(batch, (0.0, 0))
@@ -240,8 +241,6 @@ class MqttSource(EdgeActor):
             case _Reconnect(reason):
                 if self.reconnect_at is None:
                     self._reconnect(reason)
-            case _:
-                raise TypeError(f"source got an unknown message {message!r}")
         return None
 
     def _reconnect(self, reason: str) -> None:
@@ -267,4 +266,4 @@ class MqttSource(EdgeActor):
             unacked = sum(n for _, n in self.outstanding.values())
         return {"state": "paused" if self.reconnect_at is not None else "running",
                 "generation": self.generation, "unacked": unacked,
-                "connected": bool(self.client and self.client.is_connected())}
+                "connected": bool(self.session and self.session.is_connected())}

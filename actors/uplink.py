@@ -86,6 +86,8 @@ class _InFlight:
 
 
 class Uplink(EdgeActor):
+    receives = (_Connected, _Disconnected, Leased, _Ack, _Tick, _ReceiverOnline, Stats)
+
     def __init__(self, ctx: ActorContext, link: Callable[[bytes], Link], cfg: UplinkConfig,
                  gateway_id: str, buffer: str = "buffer") -> None:
         super().__init__(ctx)
@@ -159,8 +161,6 @@ class Uplink(EdgeActor):
                 self._resend("receiver online")
             case Stats(stats):
                 self._heartbeat(stats)
-            case _:
-                raise TypeError(f"uplink got an unknown message {message!r}")
         return None
 
     def _on_connected(self) -> None:

@@ -17,14 +17,12 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from typing import Any, Protocol
-
-import paho.mqtt.client as mqtt
+from typing import Protocol
 
 from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig
-from edge.io.mqtt import Session
+from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory
 from edge.io.store import RecordStore, confirmation, refusal
 from edge.runtime import log
 
@@ -48,28 +46,27 @@ class Link(Protocol):
 
 class MqttLink:
     def __init__(self, broker: MqttConfig, gateway_id: str, session_expiry_s: int,
-                 will: bytes) -> None:
+                 will: bytes, session: SessionFactory = Session) -> None:
+        self.make_session = session
         self.broker, self.will, self.session_expiry_s = broker, will, session_expiry_s
         base = f"edge/{gateway_id}"
         self.topic_up, self.topic_ack = f"{base}/up", f"{base}/ack"
         self.topic_status, self.topic_down = f"{base}/status", f"{base}/down"
         self.client_id = broker.client_id or f"edge-{gateway_id}-uplink"
-        self.session: Session | None = None
-        self.client: mqtt.Client | None = None
+        self.session: MqttSession | None = None
         self.events: LinkEvents | None = None
 
     def start(self, events: LinkEvents) -> None:
         self.events = events
-        self.session = Session(
+        self.session = self.make_session(
             self.broker, self.client_id, "central broker (uplink)",
             session_expiry_s=self.session_expiry_s,
             subscriptions=[(self.topic_ack, 1), (self.topic_down, 1), (RECEIVERS, 1)],
             on_message=self._on_message, on_connect=lambda flags: events.link_up(),
             on_disconnect=lambda reason: events.link_down(), will=(self.topic_status, self.will))
-        self.client = self.session.client
         self.session.start()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Inbound) -> None:
         assert self.events is not None
         if message.topic == self.topic_down:
             self.events.command(message.payload)
@@ -79,18 +76,18 @@ class MqttLink:
             self.events.receiver_online()
 
     def publish_frame(self, frame: bytes) -> None:
-        if self.client is not None:
-            self.client.publish(self.topic_up, frame, qos=1)
+        if self.session is not None:
+            self.session.publish(self.topic_up, frame)
 
     def publish_status(self, payload: bytes) -> None:
-        if self.client is not None:
-            self.client.publish(self.topic_status, payload, qos=1, retain=True)
+        if self.session is not None:
+            self.session.publish(self.topic_status, payload, retain=True)
 
     def stop(self, last_status: bytes | None) -> None:
-        session, self.session, self.client = self.session, None, None
+        session, self.session = self.session, None
         if session is not None:
             if last_status is not None and session.is_connected():
-                session.client.publish(self.topic_status, last_status, qos=1, retain=True)
+                session.publish(self.topic_status, last_status, retain=True)
             session.stop()
 
 

@@ -48,8 +48,8 @@ import socket
 import ssl
 import struct
 import types
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import PUBACK
@@ -65,7 +65,6 @@ _log = log.get(__name__)
 
 # paho's types as the actors name them (they import no paho themselves).
 PahoClient = mqtt.Client
-MqttMessage = mqtt.MQTTMessage
 topic_matches = mqtt.topic_matches_sub
 
 READ_CHUNK = 64 * 1024
@@ -228,6 +227,30 @@ def share_property_tables(cls: type[Properties] = Properties) -> bool:
     return True
 
 
+class Inbound(Protocol):
+    """A message as the session hands it to its owner (paho's ``MQTTMessage`` is one)."""
+
+    mid: int
+    topic: str
+    payload: bytes
+
+
+class MqttSession(Protocol):
+    """What an actor holds of its broker connection: ``Session`` in production, a
+    recording fake in the actors' thread-free unit tests (tests/actors/fakes.py)."""
+
+    def start(self) -> MqttSession: ...
+    def stop(self) -> None: ...
+    def is_connected(self) -> bool: ...
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                expiry_s: int | None = None) -> Any: ...
+    def ack(self, mids: Sequence[int]) -> None: ...
+
+
+# How an actor makes its session: ``Session`` itself, or a test's fake with its signature.
+SessionFactory = Callable[..., MqttSession]
+
+
 class Session:
     """One broker connection, set up the same way by every actor that has one.
 
@@ -237,14 +260,18 @@ class Session:
     persistent session when ``session_expiry_s`` is given, and subscribes again at every
     connect. Its state is logged and reported to ``/healthz`` (edge.runtime.health) once per change:
     connected, refused by the broker (with its reason code), unreachable (with the socket
-    or TLS error), lost. Callbacks run on paho's thread; ``on_connect(flags)`` and
-    ``on_disconnect(reason)`` are the owner's, called after the session's own handling.
+    or TLS error), lost. Callbacks run on paho's thread: ``on_message(message)`` (an
+    ``Inbound``), and ``on_connect(flags)`` and ``on_disconnect(reason)``, called after the
+    session's own handling. With ``manual_ack``, the owner acks what it has made durable
+    with ``ack(mids)``, in the order received.
     """
 
     def __init__(self, cfg: MqttConfig, client_id: str, name: str, *, manual_ack: bool = False,
                  session_expiry_s: int | None = None, receive_maximum: int | None = None,
                  subscriptions: Sequence[tuple[str, int]] = (), retain_once: bool = False,
-                 on_message: Any = None, on_connect: Any = None, on_disconnect: Any = None,
+                 on_message: Callable[[Inbound], None] | None = None,
+                 on_connect: Callable[[Any], None] | None = None,
+                 on_disconnect: Callable[[Any], None] | None = None,
                  will: tuple[str, bytes] | None = None) -> None:
         self.cfg, self.client_id, self.name = cfg, client_id, name
         self.where = f"{cfg.host}:{cfg.port}"
@@ -259,7 +286,7 @@ class Session:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         if on_message is not None:
-            self.client.on_message = on_message
+            self.client.on_message = lambda client, userdata, message: on_message(message)
         self.stopping = False
 
     def start(self) -> Session:
@@ -291,6 +318,10 @@ class Session:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = expiry_s
         return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def ack(self, mids: Sequence[int]) -> None:
+        """The manual QoS 1 acks of ``mids``, sent as one write (``ack_many``)."""
+        ack_many(self.client, mids)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:

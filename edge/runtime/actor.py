@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import pykka
 
@@ -32,6 +32,10 @@ _log = log.get(__name__)
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Asked by the runtime at start-up (and by health checks); answered with ``health()``."""
+
+
+class UnknownMessage(TypeError):
+    """An actor was sent a message it does not declare in ``receives``: a wiring bug."""
 
 
 class ActorHandle:
@@ -112,9 +116,14 @@ class ActorContext:
 class EdgeActor(pykka.ThreadingActor):
     """Base actor: counts messages in and out, answers ``Ping``, reports crashes.
 
-    Subclasses implement ``handle(message)`` with a ``match`` on their message types and
-    override ``health()`` to add their own state. Messages arrive on the actor's thread.
+    Subclasses declare the message types they take in ``receives``, implement
+    ``handle(message)`` with a ``match`` on those types (tests/actors/test_messages.py checks
+    that the two agree) and override ``health()`` to add their own state. Any other message
+    is refused here, once for all actors: ``UnknownMessage`` crashes a told actor (the
+    supervisor restarts it) and is raised to an asker. Messages arrive on the actor's thread.
     """
+
+    receives: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, ctx: ActorContext) -> None:
         super().__init__()
@@ -133,6 +142,8 @@ class EdgeActor(pykka.ThreadingActor):
         self._in.inc()
         if isinstance(message, Ping):
             return self.health()
+        if not isinstance(message, self.receives):
+            raise UnknownMessage(f"actor {self.name!r} got a message it does not take: {message!r}")
         # Seen from /healthz without asking this actor: a message that takes longer than
         # the stall bound (a database or broker that does not answer) makes it degraded.
         CONDITIONS.enter(self._busy_name, type(message).__name__)

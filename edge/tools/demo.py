@@ -68,6 +68,7 @@ class _Pending:
 
 class DemoSource(EdgeActor):
     """The site broker's stand-in: feeds the decoder at ``rate`` msgs/s, acks on commit."""
+    receives = (Committed, Refused)
 
     def __init__(self, ctx: ActorContext, traffic: Traffic, rate: float,
                  holder: dict[str, DemoSource]) -> None:
@@ -133,8 +134,6 @@ class DemoSource(EdgeActor):
                     self._send(chunk)
             case Committed() | Refused():
                 pass
-            case _:
-                raise TypeError(f"demo source got an unknown message {message!r}")
         return None
 
 

@@ -23,6 +23,7 @@ REGISTRY = (Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml").
 
 class SlowBuffer(EdgeActor):
     """Answers the state request only when the test releases it, like a busy buffer."""
+    receives = (object,)  # a stand-in: takes anything
 
     stores: queue.Queue = queue.Queue()
     requests: list = []
@@ -83,6 +84,7 @@ MIXED = (
 
 class Collecting(EdgeActor):
     """A buffer that answers the state request at once and keeps what reaches it."""
+    receives = (object,)  # a stand-in: takes anything
 
     got: queue.Queue = queue.Queue()
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 import paho.mqtt.client as mqtt
+from fakes import FakeSessions, context
 from harness import drop_session, wait_until
 from prometheus_client import REGISTRY
 
-from edge.actors.buffer import Committed
+from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.actors.source import MqttSource
 from edge.config import MqttConfig, SourceConfig, SupervisionConfig
@@ -23,6 +24,7 @@ QUEUED = 3_000
 class CommittingStub(EdgeActor):
     """Stands in for decoder and buffer: takes every batch at once and commits it 5 ms later,
     like a busy buffer; records the most messages the source had handed on uncommitted."""
+    receives = (object,)  # a stand-in: takes anything
 
     received = 0
     committed = 0
@@ -89,3 +91,54 @@ def test_the_source_holds_at_most_receive_maximum_unacked_even_when_the_broker_s
     assert REGISTRY.get_sample_value("edge_source_messages_received_total", {"filter": topic}) == QUEUED
     assert REGISTRY.get_sample_value("edge_source_messages_received_total", {"filter": other}) is None
     assert 0 < CommittingStub.most_held <= RECEIVE_MAXIMUM
+
+
+# -- without a broker: the source driven by hand, a recording session (tests/support/fakes.py)
+
+def _source(**cfg):
+    ctx, peers = context("source", "decoder")
+    sessions = FakeSessions()
+    actor = MqttSource(ctx, MqttConfig(), SourceConfig(**cfg), "gw-src", session=sessions)
+    actor._connect()  # on_start without its ticker thread
+    return actor, sessions, peers["decoder"]
+
+
+def test_a_full_batch_goes_to_the_decoder_numbered_and_its_commit_acks_it_in_one_write():
+    actor, sessions, decoder = _source(batch_max=3)
+    session = sessions.last
+    assert session.options["manual_ack"] and session.options["receive_maximum"] == 1000
+    session.connect()
+    for mid in (11, 12, 13, 14):
+        session.receive(mid, "iot/pm-1/telemetry", b"{}")
+    (incoming,) = decoder.told
+    assert [m[0] for m in incoming.messages] == [11, 12, 13] and incoming.batch == 1
+    actor.handle(Committed((11, 12, 13), incoming.generation, incoming.batch))
+    assert session.acked == [11, 12, 13] and session.ack_calls == 1
+    assert actor.held == 1  # 14 waits for the next batch
+
+
+def test_a_commit_of_a_lost_connection_is_never_acked_on_the_new_one():
+    actor, sessions, decoder = _source(batch_max=2)
+    session = sessions.last
+    session.connect()
+    session.receive(1, "iot/pm-1/telemetry", b"{}")
+    session.receive(2, "iot/pm-1/telemetry", b"{}")
+    (incoming,) = decoder.told
+    session.disconnect()  # paho reconnects; the broker redelivers 1 and 2
+    actor.handle(Committed((1, 2), incoming.generation, incoming.batch))
+    assert session.acked == []
+
+
+def test_a_refused_batch_reconnects_and_a_full_buffer_keeps_the_source_away_until_it_has_room():
+    actor, sessions, decoder = _source(batch_max=1)
+    sessions.last.connect()
+    sessions.last.receive(1, "iot/pm-1/telemetry", b"{}")
+    generation = decoder.told[-1].generation
+    actor.handle(Refused(generation, "batch 1 missing", False))
+    assert len(sessions.made) == 2 and sessions.made[0].stopped and sessions.last.started
+    sessions.last.connect()
+    sessions.last.receive(1, "iot/pm-1/telemetry", b"{}")
+    actor.handle(Refused(decoder.told[-1].generation, "buffer quota reached", True))
+    assert sessions.last.stopped and len(sessions.made) == 2 and actor.reconnect_at is not None
+    actor.handle(Room())
+    assert len(sessions.made) == 3 and actor.reconnect_at is None and actor.full_backoff == 0.0

@@ -7,24 +7,12 @@ from __future__ import annotations
 import json
 import time
 
+from fakes import context
+
 from edge.actors.buffer import Confirm, GetStats, Leased, LeaseRequest, Stats
 from edge.actors.commands import Downlink
 from edge.actors.uplink import Uplink, _Ack, _Connected, _Tick
 from edge.config import UplinkConfig
-from edge.runtime.actor import ActorContext, ActorHandle
-
-
-class Recorder:
-    """Stands in for a peer's actor ref: keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.told: list[object] = []
-
-    def tell(self, message: object) -> None:
-        self.told.append(message)
-
-    def is_alive(self) -> bool:
-        return True
 
 
 class RecordingLink:
@@ -46,11 +34,8 @@ class RecordingLink:
 
 
 def _uplink(**cfg):
-    handles = {name: ActorHandle(name) for name in ("uplink", "buffer", "commands")}
-    buffer, commands = Recorder(), Recorder()
-    handles["buffer"].bind(buffer)
-    handles["commands"].bind(commands)
-    ctx = ActorContext("uplink", handles, peers=frozenset({"buffer", "commands"}))
+    ctx, peers = context("uplink", "buffer", "commands")
+    buffer, commands = peers["buffer"], peers["commands"]
     link = RecordingLink()
     actor = Uplink(ctx, lambda will: link, UplinkConfig(**cfg), "gw-1")
     actor.link = link

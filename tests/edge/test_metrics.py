@@ -14,6 +14,8 @@ from edge.runtime.graph import ActorSpec, Runtime
 
 
 class Echo(EdgeActor):
+    receives = (object,)  # a stand-in: takes anything
+
     def handle(self, message):
         if message == "boom":
             raise RuntimeError("boom")
@@ -88,6 +90,7 @@ def test_edge_status_summarises_a_running_process_and_says_when_it_is_not(unique
 
 class Stuck(EdgeActor):
     """Blocks in a message until released, as an actor does on a database that stopped answering."""
+    receives = (object,)  # a stand-in: takes anything
 
     def __init__(self, ctx, release):
         super().__init__(ctx)

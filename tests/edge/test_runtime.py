@@ -44,10 +44,14 @@ def test_a_failing_start_stops_what_already_started():
     stopped = []
 
     class Good(EdgeActor):
+        receives = (object,)  # a stand-in: takes anything
+
         def on_stop(self):
             stopped.append(self.name)
 
     class Bad(EdgeActor):
+        receives = (object,)  # a stand-in: takes anything
+
         def on_start(self):
             raise OSError("port busy")
 
@@ -164,10 +168,14 @@ def test_an_answer_by_name_to_something_started_in_on_start_is_not_lost():
     got = queue.Queue()
 
     class Server(EdgeActor):
+        receives = (object,)  # a stand-in: takes anything
+
         def handle(self, message):
             self.send(message, "answer")  # replies to the sender's *name*
 
     class Client(EdgeActor):
+        receives = (object,)  # a stand-in: takes anything
+
         def on_start(self):
             self.send("server", "client")
 

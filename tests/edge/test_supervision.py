@@ -22,6 +22,7 @@ def metric(name: str, actor: str) -> float:
 
 class Sink(EdgeActor):
     """Collects what it is told in a queue the test reads."""
+    receives = (object,)  # a stand-in: takes anything
 
     received: queue.Queue = queue.Queue()
 
@@ -31,6 +32,7 @@ class Sink(EdgeActor):
 
 class Relay(EdgeActor):
     """Forwards to the sink; crashes on "boom"."""
+    receives = (object,)  # a stand-in: takes anything
 
     starts = 0
 
@@ -113,6 +115,8 @@ def test_messages_told_while_an_actor_is_down_are_counted_as_undelivered(unique)
 
 def test_a_crash_loop_stops_the_runtime_with_a_crash_loop_error(unique):
     class AlwaysFails(EdgeActor):
+        receives = (object,)  # a stand-in: takes anything
+
         starts = 0
 
         def on_start(self) -> None:

@@ -17,6 +17,8 @@ from edge.runtime.graph import ActorSpec, run_graph
 
 
 class Recorder(EdgeActor):
+    receives = (object,)  # a stand-in: takes anything
+
     def on_start(self) -> None:
         if self.name == "bad" and MODE == "bad-start":
             raise RuntimeError("cannot open device")
@@ -35,6 +37,8 @@ class Recorder(EdgeActor):
 
 
 class Trigger(EdgeActor):
+    receives = (object,)  # a stand-in: takes anything
+
     def on_start(self) -> None:
         print(f"started {self.name}", flush=True)
         if MODE == "crash-loop":

@@ -1,0 +1,121 @@
+"""The CommandRouter without brokers or pykka's loop: its ``handle`` driven message by
+message, a recording session, its real SQLite queue (the whole path through a real broker:
+tests/integration/test_gateway_commands.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgpack
+import pytest
+from fakes import FakeSessions, context
+
+from edge.actors.buffer import PRIORITY_HIGH, StoreLocal
+from edge.actors.commands import CommandRouter, DeviceAck, Downlink, Presence, _Tick
+from edge.codecs.uplink import from_wire
+from edge.config import MqttConfig
+
+
+def command(cmd_id: str, device: str = "pm-1", in_s: float = 60, **extra) -> Downlink:
+    doc = {"cmd_id": cmd_id, "device_id": device, "kind": "v2", "cmd": "update_config",
+           "params": {"interval": 5},
+           "deadline": (datetime.now(UTC) + timedelta(seconds=in_s)).isoformat()} | extra
+    return Downlink(json.dumps(doc).encode())
+
+
+@pytest.fixture
+def router(tmp_path):
+    made = []
+
+    def make(path=tmp_path / "commands.db"):
+        ctx, peers = context("commands", "buffer")
+        sessions = FakeSessions()
+        actor = CommandRouter(ctx, MqttConfig(), "gw-cmd", str(path), offline_after_s=60, session=sessions)
+        actor.on_start()
+        made.append(actor)
+        return actor, sessions.last, peers["buffer"]
+
+    yield make
+    for actor in made:
+        actor.close()
+
+
+def online(device: str = "pm-1") -> Presence:
+    return Presence({device: (time.time(), None)})
+
+
+def test_a_command_for_an_online_device_is_published_once_with_an_expiry_at_its_deadline(router):
+    actor, session, _ = router()
+    session.connect()
+    actor.handle(online())
+    actor.handle(command("c-1", in_s=120))
+    (sent,) = session.published
+    assert sent.topic == "iot/pm-1/command" and sent.qos == 1 and 110 <= sent.expiry_s <= 120
+    body = json.loads(sent.payload)
+    assert (body["v"], body["cmd_id"], body["cmd"], body["params"]) == (2, "c-1", "update_config", {"interval": 5})
+    actor.handle(_Tick())
+    actor.handle(command("c-1", in_s=120))  # the same command again (a redelivery): not added twice
+    assert len(session.published) == 1
+
+
+def test_a_command_waits_for_its_device_and_for_the_broker(router):
+    actor, session, _ = router()
+    actor.handle(command("c-2"))
+    actor.handle(online())
+    assert session.published == []  # not connected yet
+    session.connect()
+    actor.handle(_Tick())  # the next tick routes what waits
+    assert [p.topic for p in session.published] == ["iot/pm-1/command"]
+
+
+def test_a_device_offline_by_its_status_gets_nothing_until_it_is_seen_again(router):
+    actor, session, _ = router()
+    session.connect()
+    actor.handle(Presence({"pm-1": (time.time(), "offline")}))
+    actor.handle(command("c-3"))
+    assert session.published == []
+    actor.handle(Presence({"pm-1": (time.time(), None)}))
+    assert len(session.published) == 1
+
+
+def test_a_command_past_its_deadline_is_answered_expired_upstream_with_priority(router):
+    actor, session, buffer = router()
+    session.connect()
+    actor.handle(command("c-4", in_s=-1))
+    actor.handle(online())
+    assert session.published == []
+    (stored,) = [m for m in buffer.told if isinstance(m, StoreLocal)]
+    (entry,) = stored.entries
+    ack = from_wire(msgpack.unpackb(entry.body))
+    assert entry.priority == PRIORITY_HIGH and (ack.cmd_id, ack.result) == ("c-4", "expired")
+
+
+@pytest.mark.parametrize("doc", [
+    b"{not json", b'{"cmd_id": "x"}',
+    json.dumps({"cmd_id": "x", "device_id": "f2-1", "kind": "f2", "deadline": "2030-01-01T00:00:00Z",
+                "topic": "cmnd/f2-OTHER/relay", "payload": {}}).encode(),
+    json.dumps({"cmd_id": "x", "device_id": "pm-1", "kind": "v9", "deadline": "2030-01-01T00:00:00Z"}).encode(),
+])
+def test_an_invalid_command_is_refused_and_the_next_one_flows(router, doc):
+    actor, session, _ = router()
+    session.connect()
+    actor.handle(online())
+    actor.handle(Downlink(doc))
+    assert session.published == [] and actor.queue.count_pending() == 0
+    actor.handle(command("c-5"))
+    assert len(session.published) == 1
+
+
+def test_a_pending_command_survives_a_restart_and_a_device_ack_closes_it(router, tmp_path):
+    first, _, _ = router()
+    first.handle(command("c-6"))
+    first.close()
+    second, session, _ = router()
+    session.connect()
+    second.handle(online())
+    assert [json.loads(p.payload)["cmd_id"] for p in session.published] == ["c-6"]
+    second.handle(DeviceAck("c-6", "accepted"))
+    row = second.queue.conn.execute("SELECT state, result FROM commands WHERE cmd_id = 'c-6'").fetchone()
+    assert tuple(row) == ("acked", "accepted")
