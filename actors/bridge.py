@@ -122,7 +122,7 @@ class DirectBridge(EdgeActor):
 
     def _bridge(self, waiting: list[tuple[int, str, bytes, datetime]]) -> None:
         assert self.session is not None and self.delivery is not None
-        out: list[stream.Message] = []
+        out: list[stream.Outgoing] = []
         counted: list[tuple[str, str]] = []
         for _, topic, payload, received_at in waiting:
             route = self.route(topic)

@@ -1,6 +1,6 @@
 """Buffer: SQLite store-and-forward between the site broker and the uplink.
 
-The ack chain runs through here. A ``Store`` (a batch from the decoder, with the MQTT
+The ack chain runs through here. An ``Append`` (a batch from the decoder, with the MQTT
 message ids it came from) is written in ONE transaction that also assigns every record
 its identity (boot epoch, sequence) and persists the v2 sequence-tracker state; only
 after the commit does the source hear ``Committed`` and ack the site broker. Rows leave
@@ -45,7 +45,7 @@ from edge.runtime.health import CONDITIONS
 
 __all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committed", "Confirm",
            "DeadLetter", "Entry", "GetSeqState", "GetStats", "LeaseRequest", "Leased", "Refused",
-           "Rewind", "Room", "SeqState", "Stats", "Store", "StoreLocal"]
+           "Rewind", "Room", "SeqState", "Stats", "Append", "AppendLocal"]
 
 _log = log.get(__name__)
 
@@ -54,7 +54,7 @@ FULL = Gauge("edge_buffer_full", "1 while the quota is reached with policy rejec
 
 # ----------------------------------------------------------------------------- messages
 @dataclass(frozen=True, slots=True)
-class Store:
+class Append:
     """From the decoder: records of one batch of MQTT messages, to commit together.
 
     ``generation`` names the source's broker connection, ``batch`` numbers its batches
@@ -72,8 +72,8 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
-class StoreLocal:
-    """Records the gateway makes itself (command answers): stored outside the source's
+class AppendLocal:
+    """Records the gateway makes itself (command answers): appended outside the source's
     batch order, with the same identities and durability."""
 
     entries: tuple[Entry, ...]
@@ -147,7 +147,7 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class GetSeqState:
     """The persisted v2 sequence state, told back to ``reply_to`` as ``SeqState`` (a
-    message, not an ask: it queues behind every Store already sent, which is the point,
+    message, not an ask: it queues behind every Append already sent, which is the point,
     and the decoder never blocks on a busy buffer). ``reply_to`` is the requester's own
     ref, not its name: the answer goes to the very instance that asked, never to a
     successor that replaced it meanwhile (that one asks again)."""
@@ -163,7 +163,7 @@ class SeqState:
 # ----------------------------------------------------------------------------- actor
 class Buffer(EdgeActor):
     """The buffer actor. Talks to ``source`` (Committed) and ``uplink`` (Leased)."""
-    receives = (Store, StoreLocal, LeaseRequest, Confirm, DeadLetter, Rewind, GetStats, GetSeqState)
+    receives = (Append, AppendLocal, LeaseRequest, Confirm, DeadLetter, Rewind, GetStats, GetSeqState)
 
     EXPIRE_EVERY_S = 10.0
 
@@ -196,10 +196,10 @@ class Buffer(EdgeActor):
             self.next_expiry = time.monotonic() + self.EXPIRE_EVERY_S
             db.expire(self.ttl_s)
         match message:
-            case Store(entries, mids, generation, batch, seq_state):
+            case Append(entries, mids, generation, batch, seq_state):
                 problem = db.check_order(generation, batch)
                 full = False
-                if problem is None and not db.store(entries, seq_state, generation, batch):
+                if problem is None and not db.append(entries, seq_state, generation, batch):
                     problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
                     full = True
                 if problem is not None:
@@ -215,8 +215,8 @@ class Buffer(EdgeActor):
                 self.send(self.source, Committed(mids, generation, batch))
                 if self.waiting is not None:
                     self._lease(self.waiting)
-            case StoreLocal(entries):
-                if not db.store(entries, {}):
+            case AppendLocal(entries):
+                if not db.append(entries, {}):
                     _log.error("buffer_full_local_records_lost", records=len(entries))
                 elif self.waiting is not None:
                     self._lease(self.waiting)

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter, Gauge
 
-from edge.actors.buffer import PRIORITY_HIGH, Entry, StoreLocal
+from edge.actors.buffer import PRIORITY_HIGH, AppendLocal, Entry
 from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
@@ -186,7 +186,7 @@ class CommandRouter(EdgeActor):
         assert self.queue is not None
         ack = CommandAck(datetime.fromtimestamp(now, UTC), device, None, None, cmd_id, "expired",
                          "deadline passed before the device could be reached")
-        self.send(self.buffer, StoreLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),)))
+        self.send(self.buffer, AppendLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),)))
         self.queue.expired(cmd_id)
         EXPIRED.inc()
         _log.warning("command_expired", cmd_id=cmd_id, device=device)

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge.codecs.stream import Message, dead_letter
+from edge.codecs.stream import Outgoing, dead_letter
 from edge.config import KafkaConfig
 from edge.errors import ServiceUnavailable
 from edge.io import kafka as kafka_io
@@ -139,7 +139,7 @@ class ConsumingActor(EdgeActor):
         raise NotImplementedError
 
     def dead_letter(self, rec: KafkaRecord, reason: str, detail: str, field: str | None,
-                    value: bytes | None = None, **context: Any) -> Message:
+                    value: bytes | None = None, **context: Any) -> Outgoing:
         """The record (or ``value``: the part of it that failed), kept with why, for
         ``<topic>.dlq``: counted and logged here."""
         DLQ.labels(rec.topic + ".dlq", reason).inc()

@@ -1,12 +1,12 @@
 """Decoder: MQTT messages in batches -> records for the buffer.
 
-Every message ends up in the ``Store`` it belongs to: decoded records (priority class 0
+Every message ends up in the buffer's ``Append`` of its batch: decoded records (priority class 0
 for events and alarm-mode F2 data, 1 for telemetry), a ``Quarantined`` raw copy with the
 reason when anything in it failed to decode (so the server can decode it later or
 dead-letter it), or nothing at all when it is a v2 duplicate. The batch's MQTT ids go
-along either way: what is in a committed Store is acked.
+along either way: what is in a committed Append is acked.
 
-v2 sequence state lives in the ``SequenceTracker``; its changes travel in the Store and
+v2 sequence state lives in the ``SequenceTracker``; its changes travel in the Append and
 are committed with the records. On start and on every new source connection (the broker
 may redeliver) the tracker is reloaded from the committed state, so it never runs ahead
 of what is durable. The reload is a message exchange, never a blocking ask: batches that
@@ -27,10 +27,10 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
-from edge.actors.buffer import Entry, GetSeqState, SeqState, Store
+from edge.actors.buffer import Append, Entry, GetSeqState, SeqState
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
-from edge.codecs.batch import Message, Quarantine, decode_batch
+from edge.codecs.batch import Quarantine, Received, decode_batch
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.registry import CODECS
 from edge.codecs.v2 import SequenceTracker, Verdict
@@ -54,7 +54,7 @@ JUMPS = Counter("edge_decoder_sequence_jumps", "v2 sequences that jumped ahead b
 class Incoming:
     """From the source: (mid, topic, payload, received at as epoch seconds) in order."""
 
-    messages: tuple[Message, ...]
+    messages: tuple[Received, ...]
     generation: int
     batch: int
 
@@ -110,7 +110,7 @@ class Decoder(EdgeActor):
                 for incoming in waiting:
                     self._decode(incoming.messages, incoming.generation, incoming.batch)
 
-    def _decode(self, messages: tuple[Message, ...], generation: int, batch: int) -> None:
+    def _decode(self, messages: tuple[Received, ...], generation: int, batch: int) -> None:
         if self.pool is not None:
             outcomes = self.pool.decode(messages)
         else:
@@ -156,7 +156,7 @@ class Decoder(EdgeActor):
             self.decoded[codec].inc(n)
         RECORDS.inc(records)
         mids = tuple(m[0] for m in messages)
-        self.send(self.buffer, Store(tuple(entries), mids, generation, batch, seq_state))
+        self.send(self.buffer, Append(tuple(entries), mids, generation, batch, seq_state))
         if self.ctx.has_peer("commands"):
             if seen:
                 self.send("commands", Presence(seen))

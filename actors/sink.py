@@ -53,7 +53,7 @@ BATCH_ROWS = Histogram("edge_sink_batch_rows", "Measurement rows per database tr
                        buckets=(1, 10, 100, 500, 1000, 5000, 10000, 20000, 50000))
 
 _Parsed = tuple[KafkaRecord, list[stream.Row], list[dict[str, Any]]]
-_Prepared = tuple[list[_Parsed], list[stream.Message]]
+_Prepared = tuple[list[_Parsed], list[stream.Outgoing]]
 
 
 class TimescaleSink(ConsumingActor):
@@ -78,7 +78,7 @@ class TimescaleSink(ConsumingActor):
 
     def prepare(self, records: list[KafkaRecord]) -> _Prepared:
         parsed: list[_Parsed] = []
-        dead: list[stream.Message] = []
+        dead: list[stream.Outgoing] = []
         for rec in records:
             try:
                 if rec.topic == self.kafka.events_topic:
@@ -120,7 +120,7 @@ class TimescaleSink(ConsumingActor):
         DUPLICATES.inc(len(rows) - inserted)
         EVENTS.inc(len(events))
 
-    def _isolate(self, parsed: list[_Parsed]) -> list[stream.Message]:
+    def _isolate(self, parsed: list[_Parsed]) -> list[stream.Outgoing]:
         dead = []
         for rec, rows, events in parsed:
             error: ServiceRefused | None = None

@@ -82,13 +82,13 @@ class StreamDecoder(ConsumingActor):
 
     def process(self, records: list[KafkaRecord]) -> None:
         dispatcher = self._registry()
-        out: list[stream.Message] = []
+        out: list[stream.Outgoing] = []
         for rec in records:
             out += self._decode(dispatcher, rec)
         assert self.delivery is not None
         self.delivery.deliver(out)
 
-    def _decode(self, dispatcher: Dispatcher, rec: KafkaRecord) -> list[stream.Message]:
+    def _decode(self, dispatcher: Dispatcher, rec: KafkaRecord) -> list[stream.Outgoing]:
         topic = stream.header(rec.headers, "mqtt_topic")
         if not topic:
             return [self.dead_letter(rec, "no_topic", "the record has no mqtt_topic header", "mqtt_topic")]
@@ -104,7 +104,7 @@ class StreamDecoder(ConsumingActor):
         DECODED.labels(result.codec).inc()
         src = f"kafka:{rec.topic}/{rec.partition}/{rec.offset}"
         numbered: list[tuple[int, Measurement]] = []
-        out: list[stream.Message] = []
+        out: list[stream.Outgoing] = []
         for i, r in enumerate(result.records):
             if type(r) is Measurement:
                 numbered.append((i, r))

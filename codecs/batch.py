@@ -20,7 +20,7 @@ from edge.codecs.uplink import to_wire
 
 PRIORITY_HIGH, PRIORITY_TELEMETRY = 0, 1  # the buffer's classes: events and alarms leave first
 
-Message = tuple[int, str, bytes, float]  # (MQTT id, topic, payload, received at, epoch seconds)
+Received = tuple[int, str, bytes, float]  # (MQTT id, topic, payload, received at, epoch seconds)
 
 
 class Quarantine(NamedTuple):
@@ -70,7 +70,7 @@ def failed(exc: BaseException) -> CodecError:
 
 
 def decode_batch(dispatcher: Dispatcher, pack: Callable[[Any], bytes],
-                 messages: Sequence[Message]) -> list[Outcome]:
+                 messages: Sequence[Received]) -> list[Outcome]:
     out: list[Outcome] = []
     times: dict[datetime, int] = {}  # a message's records mostly share its time
     for _, topic, payload, received in messages:

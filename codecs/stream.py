@@ -46,7 +46,7 @@ Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Outgoing:
     """One Kafka record to produce."""
 
     topic: str
@@ -76,7 +76,7 @@ def _us(t: datetime) -> int:
 
 
 def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: str,
-                 max_bytes: int = MAX_MESSAGE) -> list[Message]:
+                 max_bytes: int = MAX_MESSAGE) -> list[Outgoing]:
     """Group ``(n, measurement)`` by device: one message per device, split in parts when
     it would exceed ``max_bytes``."""
     by_device: dict[str, list[list[Any]]] = {}
@@ -88,7 +88,7 @@ def measurements(src: str, numbered: Iterable[tuple[int, Measurement]], topic: s
         by_device.setdefault(m.device_id, []).append(
             [n, us, m.device_id, m.connector_mode, m.connector, m.pin_position, m.label, m.value,
              m.unit, m.topic])
-    return [Message(topic, device.encode(), value, [])
+    return [Outgoing(topic, device.encode(), value, [])
             for device, rows in by_device.items() for value in _envelopes(src, rows, max_bytes)]
 
 
@@ -171,11 +171,11 @@ def _number(source: str) -> int | str:
     return int(n) if n.isdigit() else source
 
 
-def event(record: Event | Gap, key: str, gateway: str | None, topic: str) -> Message:
+def event(record: Event | Gap, key: str, gateway: str | None, topic: str) -> Outgoing:
     doc = record.to_json()
     device = getattr(record, "device_id", None) or gateway or ""
     doc.update(key=key, gateway=gateway, device_id=device)
-    return Message(topic, device.encode(), json.dumps(doc, ensure_ascii=False, default=str).encode(), [])
+    return Outgoing(topic, device.encode(), json.dumps(doc, ensure_ascii=False, default=str).encode(), [])
 
 
 def read_event(value: bytes) -> dict[str, Any]:
@@ -236,13 +236,13 @@ def _check_json(value: Any, path: str) -> None:
 
 
 def raw(topic: str, mqtt_topic: str, payload: bytes, received_at: datetime, key: str | None,
-        **meta: str | None) -> Message:
+        **meta: str | None) -> Outgoing:
     headers = [("mqtt_topic", _header(mqtt_topic)), ("received_at", iso(received_at).encode())]
     headers += [(k, _header(v)) for k, v in meta.items() if v is not None]
-    return Message(topic, key.encode() if key else None, payload, headers)
+    return Outgoing(topic, key.encode() if key else None, payload, headers)
 
 
-def refused(message: Message, reason: str, detail: str) -> Message:
+def refused(message: Outgoing, reason: str, detail: str) -> Outgoing:
     """A message Kafka refuses for good (too large, invalid), for ``<topic>.dlq``: its value
     whole when it is small enough to travel, else a bounded prefix (the digest and size in
     ``dlq_detail``); the original headers kept, each bounded."""
@@ -250,7 +250,7 @@ def refused(message: Message, reason: str, detail: str) -> Message:
     headers = [(k[:256], v[:4096]) for k, v in message.headers if not k.startswith("dlq_")][:32]
     headers += [("dlq_reason", _header(reason)), ("dlq_detail", _header(detail)),
                 ("dlq_source", f"{message.topic}/produce".encode())]
-    return Message(message.topic + ".dlq", message.key[:1024] if message.key else None, value, headers)
+    return Outgoing(message.topic + ".dlq", message.key[:1024] if message.key else None, value, headers)
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
@@ -262,13 +262,13 @@ def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None
 
 def dead_letter(topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None,
                 partition: int, offset: int, reason: str, detail: str, field: str | None = None,
-                suffix: str = ".dlq") -> Message:
+                suffix: str = ".dlq") -> Outgoing:
     out = [(k, v) for k, v in headers or () if not k.startswith("dlq_")]
     out += [("dlq_reason", _header(reason)), ("dlq_detail", _header(detail)),
             ("dlq_source", f"{topic}/{partition}/{offset}".encode())]
     if field:
         out.append(("dlq_field", _header(field)))
-    return Message(topic + suffix, key, value, out)
+    return Outgoing(topic + suffix, key, value, out)
 
 
 def _header(text: str) -> bytes:
@@ -277,12 +277,12 @@ def _header(text: str) -> bytes:
     return safe_text(text, MAX_DETAIL).encode()
 
 
-def from_batch(batch: Batch, topics: Topics) -> list[Message]:
+def from_batch(batch: Batch, topics: Topics) -> list[Outgoing]:
     """Everything in one uplink batch, as Kafka messages (measurements grouped by device)."""
     gw, boot = batch.gateway_id, batch.boot_epoch
     src = f"{gw}/{boot}"
     numbered: list[tuple[int, Measurement]] = []
-    out: list[Message] = []
+    out: list[Outgoing] = []
     for seq, r in zip(batch.seqs, batch.records, strict=True):
         if type(r) is Measurement:
             numbered.append((seq, r))

@@ -11,13 +11,13 @@ Who sends what to whom: ``GATEWAY_EDGES`` below, given to each actor's spec as
 ``sends_to``; an actor can send only along its edges (``ActorContext.peer``):
 
     source   --Incoming-->                          decoder
-    decoder  --Store, GetSeqState-->                buffer     (SeqState comes back)
+    decoder  --Append, GetSeqState-->               buffer     (SeqState comes back)
     decoder  --Presence, DeviceAck-->               commands
     buffer   --Committed, Refused, Room-->          source
     buffer   --Leased-->                            uplink
     uplink   --LeaseRequest, Confirm, DeadLetter, Rewind, GetStats-->  buffer  (Stats back)
     uplink   --Downlink-->                          commands
-    commands --StoreLocal-->                        buffer
+    commands --AppendLocal-->                       buffer
 
 Start order follows the data backwards, so nothing flows before its destination is up:
 buffer, commands, decoder, uplink, then the source. Stop runs the other way: the source stops

@@ -161,8 +161,8 @@ class BufferDB:
     def refuse(self, generation: int) -> None:
         self.refused_generations.add(generation)
 
-    def store(self, entries: Sequence[tuple[int, bytes]], seq_state: dict[str, tuple[int, str | None]],
-              generation: int | None = None, batch: int | None = None) -> bool:
+    def append(self, entries: Sequence[tuple[int, bytes]], seq_state: dict[str, tuple[int, str | None]],
+               generation: int | None = None, batch: int | None = None) -> bool:
         """Commit a batch with its identities. False: the quota (reject policy) refused it."""
         incoming = sum(len(body) for _, body in entries) + ROW_OVERHEAD * len(entries)
         dropped: tuple[int, int, int, int] | None = None

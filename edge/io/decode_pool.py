@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 import msgpack
 
 from edge.codecs import registry as registry_mod
-from edge.codecs.batch import Message, Outcome, decode_batch
+from edge.codecs.batch import Outcome, Received, decode_batch
 from edge.codecs.dispatch import Dispatcher
 
 TIMEOUT_S = 60.0  # a batch is at most a few thousand messages: minutes mean a hung process
@@ -35,7 +35,7 @@ def _start(registry_text: str, window: tuple[float, float]) -> None:
     _dispatcher = Dispatcher.with_window(registry_mod.loads(registry_text), *window)
 
 
-def _decode(messages: list[Message]) -> list[Outcome]:
+def _decode(messages: list[Received]) -> list[Outcome]:
     assert _dispatcher is not None, "decoder process not initialised"
     return decode_batch(_dispatcher, _pack, messages)
 
@@ -50,7 +50,7 @@ class DecodePool:
                                         initializer=_start, initargs=(registry_text, window))
         self.pool.submit(_decode, []).result(TIMEOUT_S)  # started and initialised, or raise
 
-    def decode(self, messages: tuple[Message, ...]) -> list[Outcome]:
+    def decode(self, messages: tuple[Received, ...]) -> list[Outcome]:
         n = self.processes
         if n == 1 or len(messages) < 2 * n:
             return self.pool.submit(_decode, list(messages)).result(TIMEOUT_S)

@@ -41,7 +41,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
 from edge.codecs.limits import bounded_payload
-from edge.codecs.stream import Message, Topics, from_batch, raw, refused
+from edge.codecs.stream import Outgoing, Topics, from_batch, raw, refused
 from edge.codecs.uplink import Batch
 from edge.config import KafkaConfig
 from edge.errors import ServiceError, ServiceUnavailable, Stopped
@@ -261,15 +261,15 @@ class Delivery:
         self.stopping = threading.Event()
         self.condition = f"kafka ({name})"
 
-    def deliver(self, messages: Sequence[Message]) -> None:
+    def deliver(self, messages: Sequence[Outgoing]) -> None:
         start = time.monotonic()
         todo = list(messages)
         delay = 0.25
         while todo:
             futures = []
-            failed: list[Message] = []
-            gone: list[tuple[Message, BaseException]] = []
-            suspects: list[Message] = []
+            failed: list[Outgoing] = []
+            gone: list[tuple[Outgoing, BaseException]] = []
+            suspects: list[Outgoing] = []
             for m in todo:
                 try:
                     futures.append((m, self.producer.send(m.topic, key=m.key, value=m.value,
@@ -326,7 +326,7 @@ class Delivery:
         DELIVER_SECONDS.observe(time.monotonic() - start)
         CONDITIONS.clear(self.condition)
 
-    def _alone(self, m: Message) -> BaseException | None:
+    def _alone(self, m: Outgoing) -> BaseException | None:
         """Send one message and wait for its answer: None when Kafka has it, else why not."""
         try:
             future = self.producer.send(m.topic, key=m.key, value=m.value, headers=m.headers)
@@ -351,7 +351,7 @@ class Delivery:
         return True
 
     @staticmethod
-    def _dead_letters(gone: list[tuple[Message, BaseException]]) -> list[Message]:
+    def _dead_letters(gone: list[tuple[Outgoing, BaseException]]) -> list[Outgoing]:
         """What Kafka refused for good, as dead letters (sent with the rest, never again as
         they were). A dead letter refused too is logged and dropped: nothing loops."""
         out = []
@@ -402,7 +402,7 @@ class KafkaStore:
             raise unreachable(cfg, exc) from exc
 
     def write(self, batches: list[Batch]) -> None:
-        messages: list[Message] = []
+        messages: list[Outgoing] = []
         for batch in batches:
             messages += from_batch(batch, self.topics)
         self.delivery.deliver(messages)

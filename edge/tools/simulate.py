@@ -29,7 +29,9 @@ from edge.io.mqtt import PahoClient, make_client
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Publish:
+    """What one simulated device publishes, and the ledger of what it must become."""
+
     topic: str
     payload: bytes
     ledger: dict[str, Any]
@@ -60,7 +62,7 @@ class Traffic:
         self.clock += timedelta(microseconds=1)
         return self.clock
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self) -> Iterator[Publish]:
         kinds = ["f2", "v2", "homelab"] if self.kind == "mix" else [self.kind]
         i = 0
         while True:
@@ -72,7 +74,7 @@ class Traffic:
                 continue
             yield getattr(self, f"_{kind}")(device)
 
-    def _f2(self, device: int) -> Message:
+    def _f2(self, device: int) -> Publish:
         mac, connector, position, template = self.pins[device % len(self.pins)]
         values = {}
         for dp in template.template.data_points:
@@ -84,10 +86,10 @@ class Traffic:
         data = template.encode(values).hex(" ").upper()
         payload = json.dumps({"timestamp": t.strftime("%Y-%m-%d %H:%M:%S.%f"), "data": data})
         topic = f"tele/f2-{mac}/sensor-mode/J{connector}/sensor-{position}"
-        return Message(topic, payload.encode(), {"device_id": f"f2-{mac}", "time": iso(t),
+        return Publish(topic, payload.encode(), {"device_id": f"f2-{mac}", "time": iso(t),
                                                  "records": len(template.points), "topic": topic})
 
-    def _v2(self, device: int) -> Message:
+    def _v2(self, device: int) -> Publish:
         device_id = f"{self.device_prefix}-{device:04d}"
         t = self._tick()
         seq = self.v2_seq.get(device_id)
@@ -96,7 +98,7 @@ class Traffic:
             doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": 0, "msg_type": "hello",
                    "fw_version": "2.4.1", "uptime_s": 1, "broker_connections": 1, "buf_usage_pct": 0.0}
             topic = f"iot/{device_id}/hello"
-            return Message(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
+            return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
                            "records": 0, "events": 1, "topic": topic, "seq": 0})
         seq = self.v2_seq[device_id] = (seq + 1) % 2**32
         ms = [{"ts": iso(t), "type": "voltage_dc", "val": round(self.rng.uniform(700, 800), 1), "unit": "V"},
@@ -105,23 +107,23 @@ class Traffic:
         doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": seq, "msg_type": "telemetry",
                "measurements": ms}
         topic = f"iot/{device_id}/telemetry"
-        return Message(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
+        return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
                        "records": 3, "topic": topic, "seq": seq})
 
-    def _homelab(self, device: int) -> Message:
+    def _homelab(self, device: int) -> Publish:
         t = self._tick()
         doc = {"timestamp": iso(t), "total_energy_kwh": round(self.rng.uniform(0, 1e4), 2),
                "power_kw": round(self.rng.uniform(0, 10), 2), "voltage": 230,
                "current": round(self.rng.uniform(0, 30), 1)}
         topic = f"homelab/energy/meter{device}"
-        return Message(topic, json.dumps(doc).encode(), {"device_id": f"meter{device}", "time": iso(t),
+        return Publish(topic, json.dumps(doc).encode(), {"device_id": f"meter{device}", "time": iso(t),
                        "records": 4, "topic": topic})
 
-    def _malformed(self, device: int) -> Message:
+    def _malformed(self, device: int) -> Publish:
         t = self._tick()
         topic = f"homelab/energy/meter{device}"
         payload = b'{"timestamp": "' + iso(t).encode() + b'", "power_kw": [garbage'
-        return Message(topic, payload, {"device_id": f"meter{device}", "time": iso(t), "records": 0,
+        return Publish(topic, payload, {"device_id": f"meter{device}", "time": iso(t), "records": 0,
                                         "topic": topic, "malformed": True})
 
 

@@ -14,12 +14,12 @@ from edge.config import BridgeConfig, KafkaConfig, MqttConfig
 
 class RecordingDelivery:
     def __init__(self) -> None:
-        self.delivered: list[stream.Message] = []
+        self.delivered: list[stream.Outgoing] = []
         self.fail: Exception | None = None
         self.closed = False
         self.stopping = type("Flag", (), {"set": lambda self: None})()
 
-    def deliver(self, messages: list[stream.Message]) -> None:
+    def deliver(self, messages: list[stream.Outgoing]) -> None:
         if self.fail is not None:
             raise self.fail
         self.delivered.extend(messages)

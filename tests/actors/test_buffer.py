@@ -24,7 +24,7 @@ def db(tmp_path):
 def test_records_get_consecutive_sequences_that_survive_a_restart(tmp_path):
     path = str(tmp_path / "b.db")
     first = BufferDB(path)
-    assert first.store(entries(3), {"pm-1": (7, "boot")}, generation=1, batch=1)
+    assert first.append(entries(3), {"pm-1": (7, "boot")}, generation=1, batch=1)
     assert first.boot_epoch == 1 and first.next_seq == 4
     first.close()
     again = BufferDB(path)
@@ -37,8 +37,8 @@ def test_records_get_consecutive_sequences_that_survive_a_restart(tmp_path):
 
 
 def test_a_lease_takes_priority_records_first_and_never_twice(db):
-    db.store(entries(3), {}, 1, 1)
-    db.store(entries(2, PRIORITY_HIGH), {}, 1, 2)
+    db.append(entries(3), {}, 1, 1)
+    db.append(entries(2, PRIORITY_HIGH), {}, 1, 2)
     first = db.lease(3)
     assert first.seqs == (1, 4, 5)  # class 0 (4, 5) first, then the oldest telemetry
     second = db.lease(10)
@@ -49,7 +49,7 @@ def test_a_lease_takes_priority_records_first_and_never_twice(db):
 
 
 def test_confirmed_rows_are_deleted_and_counted_once(db):
-    db.store(entries(5), {}, 1, 1)
+    db.append(entries(5), {}, 1, 1)
     assert db.confirm((1, 2, 3)) == 3
     assert db.confirm((1, 2, 3)) == 0  # a duplicate confirmation deletes nothing more
     assert db.depth == 2
@@ -59,7 +59,7 @@ def test_confirmed_rows_are_deleted_and_counted_once(db):
 
 def test_a_batch_after_a_hole_is_refused_until_the_next_connection(db):
     assert db.check_order(10, 1) is None
-    db.store(entries(1), {}, 10, 1)
+    db.append(entries(1), {}, 10, 1)
     assert db.check_order(10, 2) is None
     assert "does not follow" in db.check_order(10, 3)
     db.refuse(10)
@@ -70,17 +70,17 @@ def test_a_batch_after_a_hole_is_refused_until_the_next_connection(db):
 
 def test_reject_refuses_what_does_not_fit(tmp_path):
     db = BufferDB(str(tmp_path / "b.db"), quota_bytes=2000, policy="reject")
-    assert db.store(entries(10), {}, 1, 1)
-    assert not db.store(entries(10), {}, 1, 2)
+    assert db.append(entries(10), {}, 1, 1)
+    assert not db.append(entries(10), {}, 1, 2)
     assert db.depth == 10
     db.close()
 
 
 def test_drop_oldest_deletes_the_oldest_telemetry_and_stores_a_gap(tmp_path):
     db = BufferDB(str(tmp_path / "b.db"), quota_bytes=3000, policy="drop-oldest")
-    db.store(entries(1, PRIORITY_HIGH), {}, 1, 1)  # seq 1: an event, never dropped
-    db.store(entries(10), {}, 1, 2)  # seqs 2..11
-    assert db.store(entries(10), {}, 1, 3)
+    db.append(entries(1, PRIORITY_HIGH), {}, 1, 1)  # seq 1: an event, never dropped
+    db.append(entries(10), {}, 1, 2)  # seqs 2..11
+    assert db.append(entries(10), {}, 1, 3)
     assert db.dropped_total > 0
     rows = db.conn.execute("SELECT seq, priority, body FROM records ORDER BY seq").fetchall()
     assert rows[0][:2] == (1, PRIORITY_HIGH)
@@ -100,10 +100,10 @@ def test_drop_oldest_and_ttl_never_drop_rows_leased_to_the_uplink(tmp_path):
     still arrives): a gap record must not name them."""
     now = [1000.0]
     db = BufferDB(str(tmp_path / "b.db"), quota_bytes=3000, policy="drop-oldest", clock=lambda: now[0])
-    db.store(entries(10), {}, 1, 1)  # seqs 1..10
+    db.append(entries(10), {}, 1, 1)  # seqs 1..10
     leased = db.lease(4)
     assert leased is not None and leased.seqs == (1, 2, 3, 4)
-    assert db.store(entries(10), {}, 1, 2)
+    assert db.append(entries(10), {}, 1, 2)
     assert db.dropped_total > 0
     left = [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")]
     assert left[:4] == [1, 2, 3, 4]  # the window stays
@@ -125,7 +125,7 @@ def test_drop_oldest_and_ttl_never_drop_rows_leased_to_the_uplink(tmp_path):
 def test_a_corrupt_database_is_moved_aside_and_reported_never_deleted(tmp_path):
     path = tmp_path / "buffer.db"
     db = BufferDB(str(path))
-    db.store(entries(200), {}, 1, 1)
+    db.append(entries(200), {}, 1, 1)
     db.close()
     raw = bytearray(path.read_bytes())
     raw[4096:8192] = b"\xff" * 4096  # smash a page
@@ -140,10 +140,10 @@ def test_a_corrupt_database_is_moved_aside_and_reported_never_deleted(tmp_path):
 def test_ttl_drops_old_telemetry_with_a_gap_and_keeps_events(tmp_path):
     now = [1000.0]
     db = BufferDB(str(tmp_path / "b.db"), clock=lambda: now[0])
-    db.store(entries(3), {}, 1, 1)  # seqs 1..3 at t=1000
-    db.store(entries(1, PRIORITY_HIGH), {}, 1, 2)  # seq 4, an event
+    db.append(entries(3), {}, 1, 1)  # seqs 1..3 at t=1000
+    db.append(entries(1, PRIORITY_HIGH), {}, 1, 2)  # seq 4, an event
     now[0] = 1100.0
-    db.store(entries(2), {}, 1, 3)  # seqs 5, 6 at t=1100
+    db.append(entries(2), {}, 1, 3)  # seqs 5, 6 at t=1100
     assert db.expire(0) == 0  # off
     now[0] = 1150.0
     assert db.expire(120) == 3
@@ -158,17 +158,17 @@ def test_ttl_drops_old_telemetry_with_a_gap_and_keeps_events(tmp_path):
 
 def test_a_batch_larger_than_the_whole_quota_is_stored_when_the_buffer_is_empty_never_blocking(tmp_path):
     db = BufferDB(str(tmp_path / "b.db"), quota_bytes=500, policy="reject")
-    assert db.store(entries(1), {}, 1, 1)  # fits
-    assert not db.store(entries(20), {}, 1, 2)  # can never fit while anything waits: refused ...
+    assert db.append(entries(1), {}, 1, 1)  # fits
+    assert not db.append(entries(20), {}, 1, 2)  # can never fit while anything waits: refused ...
     db.confirm((1,))
-    assert db.store(entries(20), {}, 2, 1)  # ... and stored once the buffer is empty
+    assert db.append(entries(20), {}, 2, 1)  # ... and stored once the buffer is empty
     assert db.depth == 20 and db.bytes > db.quota_bytes
     db.close()
 
 
 def test_a_lease_is_bounded_by_bytes_and_holds_at_least_one_row(tmp_path):
     db = BufferDB(str(tmp_path / "b.db"))
-    db.store([(PRIORITY_TELEMETRY, b"x" * 100)] * 10 + [(PRIORITY_TELEMETRY, b"y" * 5000)], {}, 1, 1)
+    db.append([(PRIORITY_TELEMETRY, b"x" * 100)] * 10 + [(PRIORITY_TELEMETRY, b"y" * 5000)], {}, 1, 1)
     assert db.lease(500, max_bytes=350).seqs == (1, 2, 3)
     assert db.lease(500, max_bytes=350).seqs == (4, 5, 6)
     assert db.lease(500, max_bytes=10_000).seqs == (7, 8, 9, 10, 11)
@@ -180,7 +180,7 @@ def test_a_lease_is_bounded_by_bytes_and_holds_at_least_one_row(tmp_path):
 
 def test_rows_that_can_never_travel_move_to_the_dead_letters_with_their_reason(tmp_path):
     db = BufferDB(str(tmp_path / "b.db"))
-    db.store(entries(3), {}, 1, 1)
+    db.append(entries(3), {}, 1, 1)
     assert db.dead_letter((2,), "unframable: too large") == 1
     assert db.depth == 2
     assert [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")] == [1, 3]

@@ -29,7 +29,7 @@ def test_stats_peek_export_and_purge(tmp_path):
     db = BufferDB(str(path))  # stays open, as a running gateway's would
     m = Measurement(T, "pm-1", None, None, None, "voltage_dc", 756.3, "V", "iot/pm-1/telemetry")
     s = Status(T, "pm-1", "iot/pm-1/status", 4, "offline")
-    db.store((Entry(PRIORITY_TELEMETRY, msgpack.packb(to_wire(m))),) * 3
+    db.append((Entry(PRIORITY_TELEMETRY, msgpack.packb(to_wire(m))),) * 3
              + (Entry(PRIORITY_HIGH, msgpack.packb(to_wire(s))),), {}, 1, 1)
     config = str(tmp_path / "gw.toml")
 
@@ -63,7 +63,7 @@ def test_purge_gives_the_space_back_and_dead_letters_are_listed(tmp_path):
     (tmp_path / "gw.toml").write_text(f'[buffer]\npath = "{path}"\n')
     db = BufferDB(str(path))
     m = Measurement(T, "pm-1", None, None, None, "voltage_dc", 756.3, "V", "iot/pm-1/telemetry" + "x" * 400)
-    db.store((Entry(PRIORITY_TELEMETRY, msgpack.packb(to_wire(m))),) * 5000, {}, 1, 1)
+    db.append((Entry(PRIORITY_TELEMETRY, msgpack.packb(to_wire(m))),) * 5000, {}, 1, 1)
     db.dead_letter((7,), "unframable: test")
     config = str(tmp_path / "gw.toml")
     (dead,) = [json.loads(line) for line in edge("buffer", "dead", "--config", config).stdout.splitlines()]

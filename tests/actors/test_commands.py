@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from fakes import FakeSessions, context
 
-from edge.actors.buffer import PRIORITY_HIGH, StoreLocal
+from edge.actors.buffer import PRIORITY_HIGH, AppendLocal
 from edge.actors.commands import CommandRouter, DeviceAck, Downlink, Presence, _Tick
 from edge.codecs.uplink import from_wire
 from edge.config import MqttConfig
@@ -86,7 +86,7 @@ def test_a_command_past_its_deadline_is_answered_expired_upstream_with_priority(
     actor.handle(command("c-4", in_s=-1))
     actor.handle(online())
     assert session.published == []
-    (stored,) = [m for m in buffer.told if isinstance(m, StoreLocal)]
+    (stored,) = [m for m in buffer.told if isinstance(m, AppendLocal)]
     (entry,) = stored.entries
     ack = from_wire(msgpack.unpackb(entry.body))
     assert entry.priority == PRIORITY_HIGH and (ack.cmd_id, ack.result) == ("c-4", "expired")

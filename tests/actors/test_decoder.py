@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.actors.buffer import GetSeqState, SeqState, Store
+from edge.actors.buffer import Append, GetSeqState, SeqState
 from edge.actors.decoder import Decoder, Incoming
 from edge.config import SupervisionConfig
 from edge.runtime.actor import EdgeActor
@@ -32,7 +32,7 @@ class SlowBuffer(EdgeActor):
         match message:
             case GetSeqState(reply_to):
                 SlowBuffer.requests.append(reply_to)
-            case Store():
+            case Append():
                 SlowBuffer.stores.put(message)
 
 
@@ -92,13 +92,13 @@ class Collecting(EdgeActor):
         match message:
             case GetSeqState(reply_to):
                 reply_to.tell(SeqState({}))
-            case Store():
+            case Append():
                 Collecting.got.put(("store", message))
             case _:
                 Collecting.got.put(("other", message))
 
 
-def decode_with(processes: int) -> Store:
+def decode_with(processes: int) -> Append:
     Collecting.got = queue.Queue()
     runtime = Runtime([ActorSpec("buffer", Collecting.start),
                        ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY, processes=processes),

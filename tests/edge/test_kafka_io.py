@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from edge.codecs.stream import Message
+from edge.codecs.stream import Outgoing
 from edge.io.kafka import Delivery
 
 
@@ -41,7 +41,7 @@ def test_a_producer_that_acknowledges_nothing_is_replaced_and_the_records_sent_a
         return made[-1]
 
     delivery = Delivery(make, wait_s=0.01, backoff_max_s=0.01, stall_s=0.2)
-    messages = [Message("t", b"k", b"%d" % i, []) for i in range(3)]
+    messages = [Outgoing("t", b"k", b"%d" % i, []) for i in range(3)]
     start = time.monotonic()
     delivery.deliver(messages)
     assert 0.2 <= time.monotonic() - start < 5
@@ -56,5 +56,5 @@ def test_a_producer_that_acknowledges_nothing_is_replaced_and_the_records_sent_a
 def test_a_healthy_producer_is_kept():
     made = []
     delivery = Delivery(lambda: made.append(_Producer(stuck=False)) or made[-1], stall_s=0.2)
-    delivery.deliver([Message("t", None, b"x", [])])
+    delivery.deliver([Outgoing("t", None, b"x", [])])
     assert len(made) == 1 and made[0].sent == [b"x"]

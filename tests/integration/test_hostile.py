@@ -308,7 +308,7 @@ def test_rows_no_column_can_take_and_rows_the_database_refuses_go_to_the_dead_le
 def test_kafka_refusing_a_message_for_good_dead_letters_it_and_the_delivery_goes_on(kafka, unique):
     from kafka import KafkaConsumer
 
-    from edge.codecs.stream import Message
+    from edge.codecs.stream import Outgoing
     from edge.config import KafkaConfig
     from edge.io.kafka import Delivery, ensure_topics, producer
 
@@ -318,9 +318,9 @@ def test_kafka_refusing_a_message_for_good_dead_letters_it_and_the_delivery_goes
     delivery = Delivery(lambda: producer(cfg, unique))
     started = time.monotonic()
     try:
-        delivery.deliver([Message(cfg.raw_topic, b"k", b"small-1", []),
-                          Message(cfg.raw_topic, b"k", b"x" * 2_000_000, [("mqtt_topic", b"t/1")]),
-                          Message(cfg.raw_topic, b"k", b"small-2", [])])
+        delivery.deliver([Outgoing(cfg.raw_topic, b"k", b"small-1", []),
+                          Outgoing(cfg.raw_topic, b"k", b"x" * 2_000_000, [("mqtt_topic", b"t/1")]),
+                          Outgoing(cfg.raw_topic, b"k", b"small-2", [])])
     finally:
         delivery.close()
     assert time.monotonic() - started < 30, "a message Kafka refuses is never retried"
@@ -448,7 +448,7 @@ def test_a_broker_that_refuses_a_message_for_good_does_not_take_its_neighbours_w
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from edge.codecs.stream import Message
+    from edge.codecs.stream import Outgoing
     from edge.config import KafkaConfig
     from edge.io.kafka import Delivery, producer
 
@@ -459,8 +459,8 @@ def test_a_broker_that_refuses_a_message_for_good_does_not_take_its_neighbours_w
     admin.close()
     cfg = KafkaConfig(bootstrap_servers=(kafka.address,))
     delivery = Delivery(lambda: producer(cfg, unique))
-    messages = [Message(topic, f"k{i}".encode(), f"small-{i}".encode(), []) for i in range(20)]
-    messages.insert(7, Message(topic, b"k7", b"x" * 300_000, []))
+    messages = [Outgoing(topic, f"k{i}".encode(), f"small-{i}".encode(), []) for i in range(20)]
+    messages.insert(7, Outgoing(topic, b"k7", b"x" * 300_000, []))
     try:
         delivery.deliver(messages)
     finally:
