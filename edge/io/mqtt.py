@@ -14,7 +14,7 @@ unchanged, only cheaper:
   packet with three or four ``recv()`` calls (type, length bytes, body), each releasing and
   retaking the GIL; in a gateway whose decoder and buffer threads hold the GIL, every
   retake waits. Sustained ingest: 3.8k-4.3k -> 5.2k-5.5k msgs/s.
-- ``share_property_tables()`` (called once per process by ``run_graph``): paho builds its
+- ``share_property_tables()`` (called once per process by ``edge.app.run_*``): paho builds its
   MQTT v5 property tables (27 names, 27 type lookups) in every ``Properties`` instance,
   that is for every PUBLISH received, 14 us here, and ``clear()`` re-derives the 27 names
   on every unpack. The tables are constants that paho only reads: one shared read-only
@@ -237,7 +237,7 @@ class Inbound(Protocol):
 
 class MqttSession(Protocol):
     """What an actor holds of its broker connection: ``Session`` in production, a
-    recording fake in the actors' thread-free unit tests (tests/actors/fakes.py)."""
+    recording fake in the actors' thread-free unit tests (tests/support/fakes.py)."""
 
     def start(self) -> MqttSession: ...
     def stop(self) -> None: ...
