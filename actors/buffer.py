@@ -45,7 +45,7 @@ from edge.runtime.health import CONDITIONS
 
 __all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committed", "Confirm",
            "DeadLetter", "Entry", "GetSeqState", "GetStats", "LeaseRequest", "Leased", "Refused",
-           "Rewind", "Room", "SeqState", "Stats", "Append", "AppendLocal"]
+           "Rewind", "Room", "SeqState", "Stats", "Append", "AppendLocal", "LocalAppended"]
 
 _log = log.get(__name__)
 
@@ -74,9 +74,21 @@ class Append:
 @dataclass(frozen=True, slots=True)
 class AppendLocal:
     """Records the gateway makes itself (command answers): appended outside the source's
-    batch order, with the same identities and durability."""
+    batch order, with the same identities and durability. ``reply_to`` (an actor of the
+    graph) is told ``LocalAppended(receipt, ok)`` after the commit, or with ``ok`` False
+    when the quota refused them: the sender keeps its side pending until it is told."""
 
     entries: tuple[Entry, ...]
+    reply_to: str
+    receipt: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAppended:
+    """To the sender of an ``AppendLocal``: its records are durable (``ok``) or were refused."""
+
+    receipt: Any
+    ok: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +227,12 @@ class Buffer(EdgeActor):
                 self.send(self.source, Committed(mids, generation, batch))
                 if self.waiting is not None:
                     self._lease(self.waiting)
-            case AppendLocal(entries):
-                if not db.append(entries, {}):
-                    _log.error("buffer_full_local_records_lost", records=len(entries))
-                elif self.waiting is not None:
+            case AppendLocal(entries, reply_to, receipt):
+                ok = db.append(entries, {})
+                if not ok:
+                    _log.error("buffer_full_local_records_refused", records=len(entries), sender=reply_to)
+                self.send(reply_to, LocalAppended(receipt, ok))
+                if ok and self.waiting is not None:
                     self._lease(self.waiting)
             case LeaseRequest():
                 self._lease(message)

@@ -13,8 +13,11 @@ Each is stored in SQLite (it survives a restart), and delivered when its device 
 Last Will; an F2 controller: seen within the same window) and the deadline has not passed.
 It is published at QoS 1 with an MQTT v5 Message Expiry Interval ending at the deadline,
 so no broker queue can hand it over late. A command never delivered before its deadline
-is answered ``expired`` upstream (a ``CommandAck`` event with priority); the device's own
-ack travels up with priority through the decoder and closes the command here.
+is answered ``expired`` upstream (a ``CommandAck`` event with priority), and marked
+expired only once the buffer has that answer durably (``LocalAppended``): a crash in between
+leaves the command pending, and the answer is made again after the restart (at least once,
+never lost). The device's own ack travels up with priority through the decoder and closes
+the command here.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter, Gauge
 
-from edge.actors.buffer import PRIORITY_HIGH, AppendLocal, Entry
+from edge.actors.buffer import PRIORITY_HIGH, AppendLocal, Entry, LocalAppended
 from edge.codecs.records import CommandAck, iso
 from edge.codecs.uplink import to_wire
 from edge.config import MqttConfig
@@ -78,7 +81,9 @@ class _Tick:
 
 
 class CommandRouter(EdgeActor):
-    receives = (Downlink, Presence, DeviceAck, _Tick)
+    receives = (Downlink, Presence, DeviceAck, LocalAppended, _Tick)
+
+    EXPIRY_RETRY_S = 30.0  # an expiry answer the buffer refused (full) is made again after this
 
     def __init__(self, ctx: ActorContext, broker: MqttConfig, client_id: str, path: str,
                  offline_after_s: float = DEFAULT_OFFLINE_AFTER_S, buffer: str = "buffer",
@@ -93,6 +98,7 @@ class CommandRouter(EdgeActor):
         self.connected = threading.Event()
         self.stop_ticker = threading.Event()
         self.pending = 0  # commands waiting: no routing work on the hot path when 0
+        self.expiring: dict[str, float] = {}  # cmd_id -> when its answer went to the buffer
 
     def on_start(self) -> None:
         self.queue = CommandQueue(self.path)
@@ -132,6 +138,8 @@ class CommandRouter(EdgeActor):
             case DeviceAck(cmd_id, result):
                 assert self.queue is not None
                 self.queue.acked(cmd_id, result)
+            case LocalAppended(("expired", cmd_id, device), ok):
+                self._expired(cmd_id, device, ok)
             case _Tick():
                 if self.pending:
                     self._route()
@@ -173,7 +181,8 @@ class CommandRouter(EdgeActor):
         now = time.time()
         for cmd_id, device, deadline, topic, payload in self.queue.pending():
             if now >= deadline:
-                self._expire(cmd_id, device, now)
+                if now - self.expiring.get(cmd_id, -self.EXPIRY_RETRY_S) >= self.EXPIRY_RETRY_S:
+                    self._expire(cmd_id, device, now)
             elif self.online(device, now) and self.connected.is_set() and self.session is not None:
                 self.session.publish(topic, payload, expiry_s=max(1, int(deadline - now)))
                 self.queue.delivered(cmd_id, now)
@@ -186,8 +195,19 @@ class CommandRouter(EdgeActor):
         assert self.queue is not None
         ack = CommandAck(datetime.fromtimestamp(now, UTC), device, None, None, cmd_id, "expired",
                          "deadline passed before the device could be reached")
-        self.send(self.buffer, AppendLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),)))
+        self.expiring[cmd_id] = now
+        self.send(self.buffer, AppendLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),),
+                                           self.name, ("expired", cmd_id, device)))
+
+    def _expired(self, cmd_id: str, device: str, ok: bool) -> None:
+        """The buffer answered for an expiry answer: durable, so the command is closed; or
+        refused (full), so it stays pending and is answered again after EXPIRY_RETRY_S."""
+        assert self.queue is not None
+        if not ok:
+            return
+        self.expiring.pop(cmd_id, None)
         self.queue.expired(cmd_id)
+        self.pending = self.queue.count_pending()
         EXPIRED.inc()
         _log.warning("command_expired", cmd_id=cmd_id, device=device)
 

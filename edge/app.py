@@ -15,6 +15,7 @@ Who sends what to whom: ``GATEWAY_EDGES`` below, given to each actor's spec as
     decoder  --Presence, DeviceAck-->               commands
     buffer   --Committed, Refused, Room-->          source
     buffer   --Leased-->                            uplink
+    buffer   --LocalAppended-->                     commands
     uplink   --LeaseRequest, Confirm, DeadLetter, Rewind, GetStats-->  buffer  (Stats back)
     uplink   --Downlink-->                          commands
     commands --AppendLocal-->                       buffer
@@ -118,7 +119,7 @@ def preflight(cfg: Config, role: str) -> None:
 GATEWAY_EDGES: dict[str, tuple[str, ...]] = {
     "source": ("decoder",),
     "decoder": ("buffer", "commands"),
-    "buffer": ("source", "uplink"),
+    "buffer": ("source", "uplink", "commands"),
     "uplink": ("buffer", "commands"),
     "commands": ("buffer",),
 }

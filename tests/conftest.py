@@ -96,3 +96,15 @@ def _no_conditions_left_over():
     CONDITIONS.reset()
     yield
     CONDITIONS.reset()
+
+
+SERVICE_FIXTURES = {"site_mqtt", "central_mqtt", "kafka", "pg_dsn"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a real service is an integration test, wherever it lives: marked
+    so, whether or not its module says it (``-m "not integration"`` then runs without the
+    services, and never talks to a broker another run is using)."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -186,3 +186,21 @@ def test_rows_that_can_never_travel_move_to_the_dead_letters_with_their_reason(t
     assert [r[0] for r in db.conn.execute("SELECT seq FROM records ORDER BY seq")] == [1, 3]
     assert db.conn.execute("SELECT seq, reason FROM dead_letters").fetchall() == [(2, "unframable: too large")]
     db.close()
+
+
+def test_local_records_are_answered_to_their_sender_after_the_commit_or_refused_when_full(tmp_path):
+    from fakes import context
+
+    from edge.actors.buffer import AppendLocal, Buffer, LocalAppended
+
+    ctx, peers = context("buffer", "source", "uplink", "commands")
+    actor = Buffer(ctx, str(tmp_path / "b.db"), "power-safe", 4096, "reject")
+    actor.on_start()
+    try:
+        actor.handle(AppendLocal(tuple(entries(1, PRIORITY_HIGH)), "commands", ("expired", "c-1", "pm-1")))
+        assert peers["commands"].told == [LocalAppended(("expired", "c-1", "pm-1"), True)]
+        assert actor.db.depth == 1
+        actor.handle(AppendLocal(tuple(entries(60)), "commands", "too-much"))  # over the 4 KiB quota
+        assert peers["commands"].told[-1] == LocalAppended("too-much", False) and actor.db.depth == 1
+    finally:
+        actor.close()

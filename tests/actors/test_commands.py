@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from fakes import FakeSessions, context
 
-from edge.actors.buffer import PRIORITY_HIGH, AppendLocal
+from edge.actors.buffer import PRIORITY_HIGH, AppendLocal, LocalAppended
 from edge.actors.commands import CommandRouter, DeviceAck, Downlink, Presence, _Tick
 from edge.codecs.uplink import from_wire
 from edge.config import MqttConfig
@@ -90,6 +90,45 @@ def test_a_command_past_its_deadline_is_answered_expired_upstream_with_priority(
     (entry,) = stored.entries
     ack = from_wire(msgpack.unpackb(entry.body))
     assert entry.priority == PRIORITY_HIGH and (ack.cmd_id, ack.result) == ("c-4", "expired")
+    assert stored.reply_to == "commands"
+
+
+def _expiry_answers(buffer) -> list[AppendLocal]:
+    return [m for m in buffer.told if isinstance(m, AppendLocal)]
+
+
+def test_an_expired_command_is_closed_only_once_the_buffer_has_its_answer(router):
+    actor, _, buffer = router()
+    actor.handle(command("c-7", in_s=-1))
+    (answer,) = _expiry_answers(buffer)
+    assert actor.queue.count_pending() == 1  # not closed before the answer is durable
+    actor.handle(_Tick())
+    assert len(_expiry_answers(buffer)) == 1  # and not answered twice while it waits
+    actor.handle(LocalAppended(answer.receipt, True))
+    row = actor.queue.conn.execute("SELECT state FROM commands WHERE cmd_id = 'c-7'").fetchone()
+    assert tuple(row) == ("expired",) and actor.queue.count_pending() == 0
+
+
+def test_a_crash_before_the_buffer_answered_makes_the_expiry_answer_again_after_the_restart(router):
+    first, _, buffer = router()
+    first.handle(command("c-8", in_s=-1))
+    assert len(_expiry_answers(buffer)) == 1
+    first.close()  # the AppendLocal was lost with the buffer's mailbox, say
+    second, _, buffer2 = router()
+    second.handle(_Tick())
+    (again,) = _expiry_answers(buffer2)
+    assert again.receipt[1] == "c-8"
+
+
+def test_an_expiry_answer_the_full_buffer_refused_is_made_again_later(router):
+    actor, _, buffer = router()
+    actor.EXPIRY_RETRY_S = 0.0
+    actor.handle(command("c-9", in_s=-1))
+    (answer,) = _expiry_answers(buffer)
+    actor.handle(LocalAppended(answer.receipt, False))
+    assert actor.queue.count_pending() == 1
+    actor.handle(_Tick())
+    assert len(_expiry_answers(buffer)) == 2
 
 
 @pytest.mark.parametrize("doc", [
