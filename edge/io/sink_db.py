@@ -60,17 +60,25 @@ roll AS ({_rollup("ins")})
 SELECT count(*) FROM ins"""
 
 _STATE = """INSERT INTO device_state AS s (device_id, first_seen, last_seen, status, status_at,
-    fw_version, last_seq, last_event, gateway_id)
-VALUES (%(device)s, %(first)s, %(last)s, %(status)s, %(status_at)s, %(fw)s, %(seq)s, %(event)s, %(gw)s)
+    fw_version, fw_at, last_seq, last_event, event_at, gateway_id)
+VALUES (%(device)s, %(first)s, %(last)s, %(status)s, %(status_at)s, %(fw)s, %(fw_at)s, %(seq)s, %(event)s,
+        %(event_at)s, %(gw)s)
 ON CONFLICT (device_id) DO UPDATE SET
     first_seen = least(s.first_seen, EXCLUDED.first_seen),
     last_seen = greatest(s.last_seen, EXCLUDED.last_seen),
     status = CASE WHEN EXCLUDED.status_at >= coalesce(s.status_at, '-infinity')
                   THEN EXCLUDED.status ELSE s.status END,
     status_at = greatest(s.status_at, EXCLUDED.status_at),
-    fw_version = coalesce(EXCLUDED.fw_version, s.fw_version),
-    last_seq = coalesce(EXCLUDED.last_seq, s.last_seq),
-    last_event = coalesce(EXCLUDED.last_event, s.last_event),
+    fw_version = CASE WHEN EXCLUDED.fw_at >= coalesce(s.fw_at, '-infinity')
+                      THEN coalesce(EXCLUDED.fw_version, s.fw_version) ELSE s.fw_version END,
+    fw_at = greatest(s.fw_at, EXCLUDED.fw_at),
+    last_seq = CASE WHEN (EXCLUDED.event_at, coalesce(EXCLUDED.last_seq, -1))
+                         >= (coalesce(s.event_at, '-infinity'), coalesce(s.last_seq, -1))
+                    THEN coalesce(EXCLUDED.last_seq, s.last_seq) ELSE s.last_seq END,
+    last_event = CASE WHEN (EXCLUDED.event_at, coalesce(EXCLUDED.last_seq, -1))
+                           >= (coalesce(s.event_at, '-infinity'), coalesce(s.last_seq, -1))
+                      THEN EXCLUDED.last_event ELSE s.last_event END,
+    event_at = greatest(s.event_at, EXCLUDED.event_at),
     gateway_id = coalesce(EXCLUDED.gateway_id, s.gateway_id),
     updated_at = now()"""
 
@@ -190,8 +198,8 @@ class SinkDb:
             s = state.get(device)
             if s is None:
                 s = state[device] = {"device": device, "first": t, "last": t, "status": None,
-                                     "status_at": None, "fw": None, "seq": None, "event": None,
-                                     "gw": None}
+                                     "status_at": None, "fw": None, "fw_at": None, "seq": None,
+                                     "event": None, "event_at": None, "gw": None}
             else:
                 s["first"], s["last"] = min(s["first"], t), max(s["last"], t)
             return s
@@ -210,13 +218,17 @@ class SinkDb:
             if e["type"] == "gap":
                 continue
             s = seen(e["device_id"], e["time"])
-            s["event"], s["gw"] = e["type"], e.get("gateway") or s["gw"]
-            if e.get("seq") is not None:
-                s["seq"] = e["seq"]
-            if e["type"] == "hello":
-                s["fw"] = e.get("fw_version")
-            elif e["type"] == "status":
-                s["status"], s["status_at"] = e.get("status"), datetime.fromisoformat(e["time"])
+            s["gw"] = e.get("gateway") or s["gw"]
+            at, seq = datetime.fromisoformat(e["time"]), e.get("seq")
+            # The newest by device time, then sequence, whatever the order of arrival.
+            if s["event_at"] is None or (at, -1 if seq is None else seq) >= (
+                    s["event_at"], -1 if s["seq"] is None else s["seq"]):
+                s["event"], s["event_at"] = e["type"], at
+                s["seq"] = seq if seq is not None else s["seq"]
+            if e["type"] == "hello" and (s["fw_at"] is None or at >= s["fw_at"]):
+                s["fw"], s["fw_at"] = e.get("fw_version"), at
+            elif e["type"] == "status" and (s["status_at"] is None or at >= s["status_at"]):
+                s["status"], s["status_at"] = e.get("status"), at
         if state:
             with conn.cursor() as cur:
                 cur.executemany(_STATE, [state[device] for device in sorted(state)])  # key order

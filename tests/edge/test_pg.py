@@ -36,14 +36,15 @@ def db(pg_dsn, unique):
 
 def test_migrations_apply_once_and_are_recorded_with_their_variant(db):
     with pg.connect(db, autocommit=True) as conn:
-        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index"]
+        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index",
+                                    "0005_state_order"]
         applied = pg.migrate(conn)
         assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all"),
-                                                             (4, "postgres")]
+                                                             (4, "postgres"), (5, "all")]
         assert pg.migrate(conn) == []
         assert pg.pending(conn) == []
         rows = conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres")]
+        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres"), (5, "all")]
         assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone() == ("p",)
 
 
@@ -130,6 +131,38 @@ def test_sink_refuses_an_unmigrated_database_and_writes_idempotently_with_an_exa
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1,)
         state = conn.execute("SELECT fw_version, last_seq, gateway_id, last_seen FROM device_state").fetchone()
         assert state == ("2.0.1", 9, "gw", datetime(2023, 5, 25, 15, 55, 10, 543400, tzinfo=UTC))
+
+
+def test_device_state_moves_forward_by_device_time_whatever_the_order_of_arrival(db):
+    """An older hello (seq 5, fw 1.0.0, ten minutes earlier) arriving after a newer one (seq
+    10, fw 2.0.0), in a later batch or later in the same batch, sets nothing back."""
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    t = datetime(2026, 7, 26, 10, 10, tzinfo=UTC)
+
+    def hello(device: str, seq: int, fw: str, at: datetime) -> dict:
+        return {"key": f"gw/1/{device}/{seq}", "type": "hello", "time": at.isoformat(), "device_id": device,
+                "gateway": "gw", "seq": seq, "fw_version": fw}
+
+    def status(device: str, state: str, at: datetime) -> dict:
+        return {"key": f"gw/1/{device}/s/{at.minute}", "type": "status", "time": at.isoformat(),
+                "device_id": device, "gateway": "gw", "status": state}
+
+    older, newer = t - timedelta(minutes=10), t
+    sink = SinkDb(db)
+    try:
+        sink.write([], [hello("a", 10, "2.0.0", newer), status("a", "online", newer)])
+        sink.write([], [hello("a", 5, "1.0.0", older), status("a", "offline", older)])  # a late batch
+        sink.write([], [hello("b", 10, "2.0.0", newer), hello("b", 5, "1.0.0", older)])  # late in one batch
+        sink.write([], [hello("c", 5, "1.0.0", older)])
+        sink.write([], [hello("c", 10, "2.0.0", newer)])  # in order: moves forward
+    finally:
+        sink.close()
+    with pg.connect(db, autocommit=True) as conn:
+        got = {d: (fw, seq, event, status) for d, fw, seq, event, status in conn.execute(
+            "SELECT device_id, fw_version, last_seq, last_event, status FROM device_state")}
+    assert got == {"a": ("2.0.0", 10, "hello", "online"), "b": ("2.0.0", 10, "hello", None),
+                   "c": ("2.0.0", 10, "hello", None)}
 
 
 def test_two_writers_on_the_same_devices_neither_deadlock_nor_miscount(db):
