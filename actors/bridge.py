@@ -47,15 +47,6 @@ def parse_mappings(items: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def device_key(topic: str) -> str:
-    """The Kafka key of a device's messages, so each device's stay in order on one partition:
-    ``homelab/<kind>/<device>`` -> device, ``<prefix>/<device>/...`` -> device."""
-    parts = topic.split("/")
-    if parts[0] == "homelab" and len(parts) > 2:
-        return parts[2]
-    return parts[1] if len(parts) > 1 else topic
-
-
 class DirectBridge(EdgeActor):
     receives = (_Messages,)
 
@@ -128,7 +119,7 @@ class DirectBridge(EdgeActor):
             route = self.route(topic)
             if route is None:  # a retained message of an older mapping, say: keep it visible
                 route = ("(unmapped)", self.kafka.raw_topic + ".dlq")
-            key = device_key(topic)
+            key = stream.device_key(topic)
             out.append(stream.raw(route[1], topic, payload, received_at, key, broker=self.origin,
                                   source=f"mqtt:{self.origin}"))
             counted.append(route)

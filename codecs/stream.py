@@ -235,6 +235,15 @@ def _check_json(value: Any, path: str) -> None:
             _check_json(v, f"{path}[{i}]")
 
 
+def device_key(topic: str) -> str:
+    """The Kafka key of a device's messages, so each device's stay in order on one partition:
+    ``homelab/<kind>/<device>`` -> device, ``<prefix>/<device>/...`` -> device."""
+    parts = topic.split("/")
+    if parts[0] == "homelab" and len(parts) > 2:
+        return parts[2]
+    return parts[1] if len(parts) > 1 else topic
+
+
 def raw(topic: str, mqtt_topic: str, payload: bytes, received_at: datetime, key: str | None,
         **meta: str | None) -> Outgoing:
     headers = [("mqtt_topic", _header(mqtt_topic)), ("received_at", iso(received_at).encode())]

@@ -4,6 +4,8 @@ tests/integration/test_server.py)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from fakes import FakeSessions, context
 
@@ -17,7 +19,7 @@ class RecordingDelivery:
         self.delivered: list[stream.Outgoing] = []
         self.fail: Exception | None = None
         self.closed = False
-        self.stopping = type("Flag", (), {"set": lambda self: None})()
+        self.stopping = threading.Event()
 
     def deliver(self, messages: list[stream.Outgoing]) -> None:
         if self.fail is not None:
