@@ -8,7 +8,10 @@ Measurements go in by binary COPY into a temporary staging table, then into
 - if that meets a row already stored (a replay: the process died between the database
   commit and the offset commit, or a gateway resent a batch the receiver had already
   produced), back to the savepoint and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``,
-  which inserts only what is new.
+  which inserts only what is new. A row that did not go in because a stored row has its key
+  and another value is a different reading, not a replay: it goes to
+  ``measurement_conflicts`` (once per distinct value) and is counted in
+  ``edge_conflicting_readings_total``; the first way never meets one.
 
 On plain PostgreSQL the hourly rollup is updated in the same transaction from exactly the
 rows inserted: all of staging on the first way, the ``RETURNING`` rows on the second, so
@@ -37,6 +40,7 @@ from edge.codecs.stream import Row
 from edge.config import PostgresConfig
 from edge.errors import SchemaNotReady, ServiceUnavailable
 from edge.io.pg import connect, pending, translated
+from edge.io.store import CONFLICTS
 
 COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
 TYPES = ["timestamptz", "text", "text", "int2", "int4", "text", "float8", "text", "text", "text"]
@@ -55,6 +59,12 @@ def _rollup(rows: str) -> str:
 
 
 _ROLLUP_ALL = _rollup("edge_staging")
+_CONFLICTS = f"""INSERT INTO measurement_conflicts (time, {KEY}, connector, value, stored_value, unit, topic, source)
+SELECT s.time, s.device_id, s.connector_mode, s.pin_position, s.label, s.connector, s.value, m.value,
+       s.unit, s.topic, s.source
+FROM edge_staging s JOIN iot_measurements m USING ({KEY}, time)
+WHERE m.value <> s.value ORDER BY 2, 3, 4, 5, 1, 7
+ON CONFLICT DO NOTHING"""
 _INSERT_NEW_WITH_ROLLUP = f"""WITH ins AS ({_INSERT_NEW} RETURNING time, {KEY}, value),
 roll AS ({_rollup("ins")})
 SELECT count(*) FROM ins"""
@@ -131,7 +141,7 @@ class SinkDb:
         conn = self.conn
         assert conn is not None
         self._partitions(conn, rows)
-        inserted = 0
+        inserted = conflicts = 0
         with conn.transaction():
             if rows:
                 with conn.cursor() as cur:
@@ -139,24 +149,29 @@ class SinkDb:
                         cp.set_types(TYPES)
                         for row in rows:
                             cp.write_row(row)
-                    inserted = self._insert(conn, cur)
+                    inserted, conflicts = self._insert(conn, cur)
             if events:
                 self._events(conn, events)
             self._state(conn, rows, events)
+        if conflicts:
+            CONFLICTS.inc(conflicts)
         return inserted
 
-    def _insert(self, conn: psycopg.Connection, cur: psycopg.Cursor) -> int:
+    def _insert(self, conn: psycopg.Connection, cur: psycopg.Cursor) -> tuple[int, int]:
+        """(rows inserted, conflicting readings newly kept)."""
         try:
             with conn.transaction():  # a savepoint
                 inserted = cur.execute(_INSERT_ALL).rowcount
         except psycopg.errors.UniqueViolation:
             REPLAYS.inc()
             if self.rollup:
-                return cur.execute(_INSERT_NEW_WITH_ROLLUP).fetchone()[0]
-            return cur.execute(_INSERT_NEW).rowcount
+                inserted = cur.execute(_INSERT_NEW_WITH_ROLLUP).fetchone()[0]
+            else:
+                inserted = cur.execute(_INSERT_NEW).rowcount
+            return inserted, cur.execute(_CONFLICTS).rowcount
         if self.rollup:
             cur.execute(_ROLLUP_ALL)
-        return inserted
+        return inserted, 0
 
     def _partitions(self, conn: psycopg.Connection, rows: Iterable[Row]) -> None:
         days = {r[0].date() for r in rows} - self.partitions

@@ -4,8 +4,11 @@
 confirms the batch to the gateway after that. Writes are idempotent: measurements are
 unique on (device_id, connector_mode, pin_position, label, time), as ``iot_measurements``;
 events, quarantined messages and gaps on their identity (gateway, boot epoch, sequence).
-A resent batch therefore changes nothing. The Kafka/PostgreSQL store of the distributed
-deployment implements the same interface.
+A resent batch therefore changes nothing. A measurement whose key is stored with another
+value is a different reading: it is kept in ``measurement_conflicts`` (once per distinct
+value) and counted in ``edge_conflicting_readings_total``, never dropped silently. The
+Kafka/PostgreSQL store of the distributed deployment (edge/io/sink_db.py) implements the
+same rules.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from pathlib import Path
 from typing import Protocol
 
 import sqlite_utils
+from prometheus_client import Counter
 
 from edge.codecs.errors import CodecError
 from edge.codecs.limits import bounded_payload, safe_text
 from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
 from edge.codecs.uplink import Batch
 from edge.io.sqlite import immediate, insert_rows, open_wal
+
+CONFLICTS = Counter("edge_conflicting_readings",
+                    "Readings that came with the key of a stored reading and another value, kept as conflicts")
+_STORED_VALUE = ("SELECT value FROM iot_measurements WHERE device_id = ? AND IFNULL(connector_mode, '') = "
+                 "IFNULL(?, '') AND IFNULL(pin_position, -1) = IFNULL(?, -1) AND label = ? AND time = ?")
 
 
 def confirmation(batch: Batch) -> bytes:
@@ -68,6 +77,13 @@ class SqliteStore:
         for name in ("events", "quarantine", "gaps"):
             db[name].create({**source, "time": str, "type": str, "body": str},
                             pk=("gateway_id", "boot_epoch", "seq"), if_not_exists=True)
+        db["measurement_conflicts"].create(
+            {"time": str, "device_id": str, "connector_mode": str, "connector": int, "pin_position": int,
+             "label": str, "value": float, "stored_value": float, "unit": str, "topic": str, **source,
+             "seen_at": float}, if_not_exists=True)
+        self.conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS measurement_conflicts_key ON measurement_conflicts "
+            "(device_id, IFNULL(connector_mode, ''), IFNULL(pin_position, -1), label, time, value)")
         db["rejected_frames"].create({"id": int, "received_at": float, "topic": str, "frame": bytes,
                                       "reason": str, "detail": str}, pk="id", if_not_exists=True)
 
@@ -78,13 +94,35 @@ class SqliteStore:
         for batch in batches:
             self._rows(batch, measurements, others)
         conn = self.conn
+        conflicts = 0
         with immediate(conn):
+            before = conn.total_changes
             insert_rows(conn, "INSERT OR IGNORE INTO iot_measurements (time, device_id, connector_mode, "
                               "connector, pin_position, label, value, unit, topic, gateway_id, boot_epoch, seq)",
                         measurements)
+            if conn.total_changes - before < len(measurements):  # a replay, or a key met twice
+                conflicts = self._conflicts(measurements)
             for table, rows in others.items():
                 insert_rows(conn, f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, time, type, body)",
                             rows)
+        if conflicts:
+            CONFLICTS.inc(conflicts)
+
+    def _conflicts(self, measurements: list[tuple]) -> int:
+        """Keep the rows whose key is stored with another value; how many were new."""
+        conn, kept, now = self.conn, [], time.time()
+        for row in measurements:
+            t, device, mode, _, pin, label, value = row[:7]
+            stored = conn.execute(_STORED_VALUE, (device, mode, pin, label, t)).fetchone()
+            if stored is not None and stored[0] != value:
+                kept.append((*row[:7], stored[0], *row[7:], now))
+        if not kept:
+            return 0
+        before = conn.total_changes
+        insert_rows(conn, "INSERT OR IGNORE INTO measurement_conflicts (time, device_id, connector_mode, "
+                          "connector, pin_position, label, value, stored_value, unit, topic, gateway_id, "
+                          "boot_epoch, seq, seen_at)", kept)
+        return conn.total_changes - before
 
     @staticmethod
     def _rows(batch: Batch, measurements: list[tuple], others: dict[str, list[tuple]]) -> None:

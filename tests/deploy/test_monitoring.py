@@ -36,7 +36,7 @@ def test_promtool_accepts_the_alert_rules():
     result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_rules_and_dashboard_name_only_metrics_the_runtime_exports():

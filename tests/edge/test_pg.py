@@ -11,8 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
+from twins import TWINS, Twins, readings
 
 from edge.codecs import registry as registry_mod
+from edge.codecs import stream
+from edge.codecs.uplink import Batch
 from edge.config import PostgresConfig
 from edge.io import pg, registry_db
 from edge.io.sink_db import SchemaNotReady, SinkDb
@@ -37,14 +41,14 @@ def db(pg_dsn, unique):
 def test_migrations_apply_once_and_are_recorded_with_their_variant(db):
     with pg.connect(db, autocommit=True) as conn:
         assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index",
-                                    "0005_state_order"]
+                                    "0005_state_order", "0006_conflicts"]
         applied = pg.migrate(conn)
         assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all"),
-                                                             (4, "postgres"), (5, "all")]
+                                                             (4, "postgres"), (5, "all"), (6, "all")]
         assert pg.migrate(conn) == []
         assert pg.pending(conn) == []
         rows = conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres"), (5, "all")]
+        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres"), (5, "all"), (6, "all")]
         assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone() == ("p",)
 
 
@@ -131,6 +135,42 @@ def test_sink_refuses_an_unmigrated_database_and_writes_idempotently_with_an_exa
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1,)
         state = conn.execute("SELECT fw_version, last_seq, gateway_id, last_seen FROM device_state").fetchone()
         assert state == ("2.0.1", 9, "gw", datetime(2023, 5, 25, 15, 55, 10, 543400, tzinfo=UTC))
+
+
+def sink_rows(first_seq: int, records: list) -> list:
+    """Records as the sink gets them: a gateway batch through the receiver's Kafka messages."""
+    batch = Batch("gw", 7, first_seq, records, list(range(first_seq, first_seq + len(records))))
+    return [row for m in stream.from_batch(batch, stream.Topics()) if m.topic == "decoded_iot_data"
+            for row in stream.read_measurements(m.value).rows]
+
+
+@pytest.mark.parametrize("twins", TWINS, ids=lambda t: t.family)
+def test_a_reading_with_a_stored_key_and_another_value_is_kept_as_a_conflict_once(db, twins: Twins):
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    first = sink_rows(0, readings(twins.topic, twins.first))
+    second = sink_rows(100, readings(twins.topic, twins.second))
+    counted = lambda: REGISTRY.get_sample_value("edge_conflicting_readings_total") or 0.0  # noqa: E731
+    before = counted()
+    sink = SinkDb(db)
+    try:
+        assert sink.write(first, []) == len(first)
+        assert sink.write(second, []) == 0  # every key is stored: equal readings are one row
+        assert counted() - before == twins.differing
+        assert sink.write(first + second, []) == 0  # a replay of both keeps nothing twice
+        assert sink.write(second + second, []) == 0
+        assert counted() - before == twins.differing
+    finally:
+        sink.close()
+    with pg.connect(db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM iot_measurements").fetchone() == (len(first),)
+        kept = conn.execute("SELECT label, value, stored_value, source FROM measurement_conflicts").fetchall()
+        if conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone() == ("postgres",):
+            assert conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (len(first),)
+    assert len(kept) == twins.differing
+    sent = {r[5]: r[6] for r in second}
+    assert all(value == sent[label] != stored and source.startswith("gw/7/1")
+               for label, value, stored, source in kept), kept
 
 
 def test_device_state_moves_forward_by_device_time_whatever_the_order_of_arrival(db):
