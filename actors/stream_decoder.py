@@ -24,7 +24,7 @@ from edge.actors.consuming import ConsumingActor
 from edge.codecs import stream
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.errors import CodecError
-from edge.codecs.records import Event, Measurement, iso
+from edge.codecs.records import Event, Measurement, identity
 from edge.codecs.registry import Registry
 from edge.config import KafkaConfig, PostgresConfig, StreamDecoderConfig
 from edge.errors import SchemaNotReady, ServiceUnavailable
@@ -109,11 +109,10 @@ class StreamDecoder(ConsumingActor):
             if type(r) is Measurement:
                 numbered.append((i, r))
             elif isinstance(r, Event):
-                seq = getattr(r, "seq", None)
-                # A device's own sequence identifies a message it publishes twice (to the
-                # gateway and the central broker, or again after a reconnect).
-                key = f"{r.device_id}/{iso(r.time)}/{seq}" if seq is not None else f"{src}/{i}"
-                out.append(stream.event(r, key, stream.header(rec.headers, "gateway"),
+                # The event's identity, as the gateway path gives it: a message a device
+                # publishes twice (to the gateway and the central broker, or again after a
+                # reconnect) is one event.
+                out.append(stream.event(r, identity(r), stream.header(rec.headers, "gateway"),
                                         self.topics_out.events))
         out[:0] = stream.measurements(src, numbered, self.topics_out.decoded)
         RECORDS.inc(len(result.records))

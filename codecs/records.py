@@ -7,6 +7,8 @@ is. Events are rarer and are frozen dataclasses. Times are timezone-aware UTC da
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NamedTuple
@@ -98,6 +100,27 @@ class CardRead(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls for cls in (Hello, Status, CommandAck, OtaStatus, CardRead)
 }
+
+
+def identity(record: Event) -> str:
+    """An event's identity wherever it travels: ``<device>/<type>/<device time>/<digest of
+    everything else but the topic>``. The same event redelivered after a crash, resent, or
+    published to both the site and the central broker has one identity, so it is stored
+    once; two events that differ in anything but their topic have two."""
+    doc = record.to_json()
+    doc.pop("topic", None)
+    return f"{record.device_id}/{record.type}/{doc['time']}/{_digest(doc)}"
+
+
+def quarantine_identity(record: Quarantined) -> str:
+    """A quarantined message's identity: a digest of its topic, the payload as kept and
+    why it was kept. The same bad message redelivered is kept once."""
+    return "q/" + _digest([record.topic, record.payload.hex(), record.reason, record.message])
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
 
 
 def iso(t: datetime) -> str:

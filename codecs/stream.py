@@ -12,7 +12,8 @@ Topics (names configurable in ``[kafka]``):
   its index). Grouping keeps Kafka's per-message cost off the per-record path.
 - ``device_events``: one JSON message per event (hello, status, command acks, OTA, card
   reads, gateway gap records), key = device id (the gateway id for gaps), with
-  ``"key"`` (the event's identity, unique downstream) and ``"gateway"``.
+  ``"key"`` (the event's identity, unique downstream: ``codecs.records.identity``, the
+  same whichever path brought it; ``<gateway>/<boot>/<seq>`` for a gap) and ``"gateway"``.
 - ``raw_iot_data`` (and the bridge's other raw topics): the device's payload bytes as
   they came, with headers: ``mqtt_topic``, ``received_at`` (ISO 8601 UTC), ``broker``
   or ``gateway``, ``source``; quarantined messages from gateways add ``reason`` and
@@ -34,7 +35,7 @@ import msgpack
 
 from edge.codecs.errors import CodecError
 from edge.codecs.limits import INT8, MAX_DETAIL, bounded_payload, check_measurement, safe_text, text_problem
-from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
+from edge.codecs.records import Event, Gap, Measurement, Quarantined, identity, iso
 from edge.codecs.uplink import Batch
 
 VERSION = 1
@@ -299,7 +300,9 @@ def from_batch(batch: Batch, topics: Topics) -> list[Outgoing]:
             device = r.topic.split("/")[1] if r.topic.count("/") >= 1 else None
             out.append(raw(topics.raw, r.topic, r.payload, r.time, device, gateway=gw,
                            source=f"{src}/{seq}", reason=r.reason, detail=r.message[:2000]))
-        else:
+        elif type(r) is Gap:
             out.append(event(r, f"{src}/{seq}", gw, topics.events))
+        else:
+            out.append(event(r, identity(r), gw, topics.events))
     out[:0] = measurements(src, numbered, topics.decoded)
     return out

@@ -3,12 +3,14 @@
 ``RecordStore.write(batch)`` returns only once the records are durable; the receiver
 confirms the batch to the gateway after that. Writes are idempotent: measurements are
 unique on (device_id, connector_mode, pin_position, label, time), as ``iot_measurements``;
-events, quarantined messages and gaps on their identity (gateway, boot epoch, sequence).
-A resent batch therefore changes nothing. A measurement whose key is stored with another
-value is a different reading: it is kept in ``measurement_conflicts`` (once per distinct
-value) and counted in ``edge_conflicting_readings_total``, never dropped silently. The
-Kafka/PostgreSQL store of the distributed deployment (edge/io/sink_db.py) implements the
-same rules.
+events and quarantined messages on their identity (``codecs.records.identity``: device,
+type, device time, content digest; a digest of topic and payload), so the same event
+redelivered after a gateway crash is one row; gaps, the gateway's own records, on
+(gateway, boot epoch, sequence). A resent batch therefore changes nothing. A measurement
+whose key is stored with another value is a different reading: it is kept in
+``measurement_conflicts`` (once per distinct value) and counted in
+``edge_conflicting_readings_total``, never dropped silently. The Kafka/PostgreSQL store of
+the distributed deployment (edge/io/sink_db.py) implements the same rules.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from prometheus_client import Counter
 
 from edge.codecs.errors import CodecError
 from edge.codecs.limits import bounded_payload, safe_text
-from edge.codecs.records import Event, Gap, Measurement, Quarantined, iso
+from edge.codecs.records import Event, Gap, Measurement, Quarantined, identity, iso, quarantine_identity
 from edge.codecs.uplink import Batch
 from edge.io.sqlite import immediate, insert_rows, open_wal
 
@@ -77,6 +79,9 @@ class SqliteStore:
         for name in ("events", "quarantine", "gaps"):
             db[name].create({**source, "time": str, "type": str, "body": str},
                             pk=("gateway_id", "boot_epoch", "seq"), if_not_exists=True)
+            if "key" not in db[name].columns_dict:  # stores made before identities: rows keep NULL
+                db[name].add_column("key", str)
+            self.conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {name}_key ON {name} (key)")
         db["measurement_conflicts"].create(
             {"time": str, "device_id": str, "connector_mode": str, "connector": int, "pin_position": int,
              "label": str, "value": float, "stored_value": float, "unit": str, "topic": str, **source,
@@ -103,8 +108,8 @@ class SqliteStore:
             if conn.total_changes - before < len(measurements):  # a replay, or a key met twice
                 conflicts = self._conflicts(measurements)
             for table, rows in others.items():
-                insert_rows(conn, f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, time, type, body)",
-                            rows)
+                insert_rows(conn, f"INSERT OR IGNORE INTO {table} (gateway_id, boot_epoch, seq, time, type, body, "
+                                  "key)", rows)
         if conflicts:
             CONFLICTS.inc(conflicts)
 
@@ -136,10 +141,15 @@ class SqliteStore:
                 measurements.append((t, r.device_id, r.connector_mode, r.connector,
                                      r.pin_position, r.label, r.value, r.unit, r.topic, gw, boot, seq))
             elif isinstance(r, Event | Quarantined | Gap):
-                table = "events" if isinstance(r, Event) else "quarantine" if type(r) is Quarantined else "gaps"
+                if isinstance(r, Event):
+                    table, key = "events", identity(r)
+                elif type(r) is Quarantined:
+                    table, key = "quarantine", quarantine_identity(r)
+                else:
+                    table, key = "gaps", f"{gw}/{boot}/{seq}"
                 doc = r.to_json()
                 others[table].append((gw, boot, seq, doc["time"], doc["type"],
-                                      json.dumps(doc, ensure_ascii=False, default=str)))
+                                      json.dumps(doc, ensure_ascii=False, default=str), key))
 
     def reject(self, topic: str, frame: bytes, reason: str, detail: str) -> None:
         kept, detail = bounded_payload(frame, detail)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge.codecs import stream
-from edge.codecs.records import Gap, Hello, Measurement, Quarantined
+from edge.codecs.records import Gap, Hello, Measurement, Quarantined, identity
 from edge.codecs.uplink import Batch
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
@@ -42,7 +42,20 @@ def test_a_batch_becomes_one_message_per_device_with_identities_and_the_rest_by_
     assert stream.header(raw.headers, "mqtt_topic") == "iot/c/telemetry"
     events = [stream.read_event(msg.value) for msg in by_topic["ev"]]
     assert [(e["type"], e["key"], e["device_id"]) for e in events] == [
-        ("hello", "gw-1/17/43", "a"), ("gap", "gw-1/17/45", "gw-1")]
+        ("hello", identity(records[3]), "a"), ("gap", "gw-1/17/45", "gw-1")]
+    assert identity(records[3]).startswith("a/hello/2026-11-24T12:00:00.123456Z/")
+
+
+def test_an_event_has_one_identity_whatever_its_topic_and_another_for_any_other_content():
+    hello = Hello(T0, "a", "iot/a/hello", 7, "1.2.3", 10, 1, 5.0)
+    assert identity(hello) == identity(Hello(T0, "a", "central/a/hello", 7, "1.2.3", 10, 1, 5.0))
+    others = [Hello(T0, "a", "iot/a/hello", 8, "1.2.3", 10, 1, 5.0),  # another seq
+              Hello(T0, "a", "iot/a/hello", 7, "1.2.4", 10, 1, 5.0),  # another firmware
+              Hello(T0 + timedelta(microseconds=1), "a", "iot/a/hello", 7, "1.2.3", 10, 1, 5.0),
+              Hello(T0, "b", "iot/b/hello", 7, "1.2.3", 10, 1, 5.0)]
+    assert len({identity(hello), *map(identity, others)}) == 5
+    lone = Hello(T0, "a", "t", 7, "fw\udc80", 10, 1, 5.0)  # a lone surrogate still has an identity
+    assert identity(lone) != identity(hello)
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**40), st.floats(allow_nan=False, allow_infinity=False)),

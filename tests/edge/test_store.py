@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
 from twins import TWINS, Twins, readings
 
+from edge.codecs.records import CardRead, Quarantined, Status
 from edge.codecs.uplink import Batch
 from edge.io.store import SqliteStore
 
@@ -64,3 +66,23 @@ def test_the_same_reading_twice_is_one_row_and_no_conflict(tmp_path):
     db = sqlite3.connect(tmp_path / "store.db")
     assert db.execute("SELECT count(*) FROM iot_measurements").fetchone() == (len(first),)
     assert db.execute("SELECT count(*) FROM measurement_conflicts").fetchone() == (0,)
+
+
+def test_an_event_or_a_quarantined_message_redelivered_under_a_new_sequence_is_one_row(tmp_path):
+    """A gateway that crashed between its buffer's commit and the PUBACK gets the message
+    again and buffers it under new sequence numbers: its identity is the same."""
+    t = datetime(2026, 7, 26, 10, tzinfo=UTC)
+    card = CardRead(t, "f2-1", "stat/f2-1/access-mode/1/reader-1", "access-mode", 1, 1, "04A1B2", "rfid")
+    status = Status(t, "pm-1", "iot/pm-1/status", None, "offline")
+    bad = Quarantined(t, "iot/pm-1/telemetry", b"\xff\xfe", "bad_json", "not JSON", None, 0)
+    store = SqliteStore(str(tmp_path / "store.db"))
+    try:
+        store.write([batch(0, [card, status, bad])])
+        store.write([batch(3, [card, status, bad]), batch(9, [card])])  # after the crash; twice in flight
+        other = CardRead(t, "f2-1", "stat/f2-1/access-mode/1/reader-1", "access-mode", 1, 1, "04A1B3", "rfid")
+        store.write([batch(20, [other, bad._replace(payload=b"\xff")])])  # other content: other records
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "store.db")
+    assert sorted(db.execute("SELECT type, count(*) FROM events GROUP BY 1")) == [("card_read", 2), ("status", 1)]
+    assert db.execute("SELECT count(*) FROM quarantine").fetchone() == (2,)
