@@ -69,6 +69,7 @@ class Append:
     generation: int
     batch: int
     seq_state: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    fingerprints: tuple[int, ...] = ()  # of the batch's messages: committed with it (``Recent``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ class GetSeqState:
 @dataclass(frozen=True, slots=True)
 class SeqState:
     state: dict[str, tuple[int, str | None]]
+    recent: tuple[int, ...] = ()  # the committed message fingerprints, oldest first
 
 
 # ----------------------------------------------------------------------------- actor
@@ -208,10 +210,10 @@ class Buffer(EdgeActor):
             self.next_expiry = time.monotonic() + self.EXPIRE_EVERY_S
             db.expire(self.ttl_s)
         match message:
-            case Append(entries, mids, generation, batch, seq_state):
+            case Append(entries, mids, generation, batch, seq_state, fingerprints):
                 problem = db.check_order(generation, batch)
                 full = False
-                if problem is None and not db.append(entries, seq_state, generation, batch):
+                if problem is None and not db.append(entries, seq_state, generation, batch, fingerprints):
                     problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
                     full = True
                 if problem is not None:
@@ -255,7 +257,7 @@ class Buffer(EdgeActor):
                     pass
             case GetSeqState(reply_to):
                 try:
-                    reply_to.tell(SeqState(db.seq_state()))
+                    reply_to.tell(SeqState(db.seq_state(), db.recent()))
                 except pykka.ActorDeadError:
                     pass  # the requester died meanwhile; its successor asks again
         return None

@@ -7,11 +7,14 @@ dead-letter it), or nothing at all when it is a v2 duplicate. The batch's MQTT i
 along either way: what is in a committed Append is acked.
 
 v2 sequence state lives in the ``SequenceTracker``; its changes travel in the Append and
-are committed with the records. On start and on every new source connection (the broker
-may redeliver) the tracker is reloaded from the committed state, so it never runs ahead
-of what is durable. The reload is a message exchange, never a blocking ask: batches that
-arrive meanwhile wait here (bounded by the source's receive maximum) and are decoded, in
-order, once the state is back.
+are committed with the records. So do the fingerprints of the messages taken (``Recent``,
+the last ``recent`` of them): a message the site broker delivers again with the DUP flag
+(the gateway stopped between the buffer's commit and the PUBACK) whose fingerprint is
+there is already stored, and is only acked; whatever its kind, it is stored once. On start
+and on every new source connection (the broker may redeliver) both are reloaded from the
+committed state, so they never run ahead of what is durable. The reload is a message
+exchange, never a blocking ask: batches that arrive meanwhile wait here (bounded by the
+source's receive maximum) and are decoded, in order, once the state is back.
 
 The decoding itself (``edge.codecs.batch``) runs on this actor's thread, or with
 ``[decoder] processes`` >= 1 in decoder processes (edge/io/decode_pool.py) that do not share
@@ -30,7 +33,7 @@ from prometheus_client import Counter
 from edge.actors.buffer import Append, Entry, GetSeqState, SeqState
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
-from edge.codecs.batch import Quarantine, Received, decode_batch
+from edge.codecs.batch import Quarantine, Received, Recent, decode_batch, digest
 from edge.codecs.dispatch import Dispatcher
 from edge.codecs.registry import CODECS
 from edge.codecs.v2 import SequenceTracker, Verdict
@@ -44,7 +47,10 @@ _quarantine_lines = log.Throttle()  # a device sending garbage fast must not flo
 DECODED = Counter("edge_decoder_messages_decoded", "Messages decoded", ["codec"])
 RECORDS = Counter("edge_decoder_records", "Records produced")
 QUARANTINED = Counter("edge_decoder_messages_quarantined", "Messages kept raw with a reason", ["reason"])
-DUPLICATES = Counter("edge_decoder_duplicates", "v2 messages dropped as duplicates (seq)")
+DUPLICATES = Counter("edge_decoder_duplicates", "v2 messages dropped as duplicates (seq)", ["device"])
+REDELIVERED = Counter("edge_decoder_redeliveries",
+                      "Messages the site broker delivered again that were already stored: acked only")
+DEVICES_LABELLED = 500  # per-device duplicate counts for this many devices, then "other"
 GAPS = Counter("edge_decoder_sequence_gaps", "v2 messages missing between sequence numbers")
 REBOOTS = Counter("edge_decoder_device_reboots", "v2 devices seen restarting their sequence")
 JUMPS = Counter("edge_decoder_sequence_jumps", "v2 sequences that jumped ahead beyond any plausible loss")
@@ -57,20 +63,25 @@ class Incoming:
     messages: tuple[Received, ...]
     generation: int
     batch: int
+    redelivered: frozenset[int] = frozenset()  # ids of messages that came with the DUP flag
 
 
 class Decoder(EdgeActor):
     receives = (Incoming, SeqState)
 
     def __init__(self, ctx: ActorContext, registry_text: str, buffer: str = "buffer",
-                 processes: int = 0, window: tuple[float, float] = (0.0, 0.0)) -> None:
+                 processes: int = 0, window: tuple[float, float] = (0.0, 0.0), recent: int = 8192) -> None:
         """``window``: (max age, max ahead) of a record's time around its message's receive
-        time, in seconds; 0 leaves that side open."""
+        time, in seconds; 0 leaves that side open. ``recent``: how many message fingerprints
+        to keep for redeliveries (at least the source's receive maximum: what the broker
+        can have sent and not seen acked)."""
         super().__init__(ctx)
         self.registry_text, self.processes, self.window = registry_text, processes, window
         self.dispatcher = Dispatcher.with_window(registry_mod.loads(registry_text), *window)
         self.pool: DecodePool | None = None
         self.tracker = SequenceTracker()
+        self.recent = Recent(recent)
+        self.duplicates: dict[str, Any] = {}  # device -> its DUPLICATES child
         self.buffer = buffer
         self.generation: int | None = None
         self.pack = msgpack.Packer(use_bin_type=True).pack
@@ -94,7 +105,7 @@ class Decoder(EdgeActor):
 
     def handle(self, message: Any) -> Any:
         match message:
-            case Incoming(_, generation, _):
+            case Incoming(_, generation, _, _):
                 if generation != self.generation:
                     if self.generation is not None and not self.loading:
                         self._reload()  # redeliveries may follow: start from what is durable
@@ -102,15 +113,17 @@ class Decoder(EdgeActor):
                 if self.loading:
                     self.waiting.append(message)
                 else:
-                    self._decode(message.messages, message.generation, message.batch)
-            case SeqState(state):
+                    self._decode(message)
+            case SeqState(state, recent):
                 self.tracker.restore(state)
+                self.recent.restore(recent)
                 self.loading = False
                 waiting, self.waiting = self.waiting, []
                 for incoming in waiting:
-                    self._decode(incoming.messages, incoming.generation, incoming.batch)
+                    self._decode(incoming)
 
-    def _decode(self, messages: tuple[Received, ...], generation: int, batch: int) -> None:
+    def _decode(self, incoming: Incoming) -> None:
+        messages, redelivered = incoming.messages, incoming.redelivered
         if self.pool is not None:
             outcomes = self.pool.decode(messages)
         else:
@@ -121,16 +134,25 @@ class Decoder(EdgeActor):
         acks: list[DeviceAck] = []
         decoded: dict[str, int] = {}  # counters move once per batch: an inc() takes a lock
         records = 0
-        observe, last = self.tracker.observe, self.tracker.last
-        for (_, topic, _, received), out in zip(messages, outcomes, strict=True):
+        observe, last, recent = self.tracker.observe, self.tracker.last, self.recent
+        fingerprints: list[int] = []
+        for (mid, topic, payload, received), out in zip(messages, outcomes, strict=True):
+            fingerprint = digest(topic, payload)
+            known = fingerprint in recent
+            if known and mid in redelivered:
+                REDELIVERED.inc()
+                _log.debug("redelivery_dropped", topic=topic, mid=mid, detail="stored before the gateway stopped")
+                continue
+            recent.add(fingerprint)
+            fingerprints.append(fingerprint)
             codec, out_entries, quarantine, seq, statuses, device, out_acks, n = out
             if codec is None:
                 entries.append(self._quarantined(topic, quarantine))
                 continue
             if seq is not None:
-                verdict = observe(*seq)
+                verdict = observe(*seq, known)
                 if verdict.verdict is Verdict.DUPLICATE:
-                    DUPLICATES.inc()
+                    self._duplicate(seq[0], seq[1], known)
                     continue
                 if verdict.gap:
                     GAPS.inc(verdict.gap)
@@ -156,12 +178,24 @@ class Decoder(EdgeActor):
             self.decoded[codec].inc(n)
         RECORDS.inc(records)
         mids = tuple(m[0] for m in messages)
-        self.send(self.buffer, Append(tuple(entries), mids, generation, batch, seq_state))
+        self.send(self.buffer, Append(tuple(entries), mids, incoming.generation, incoming.batch, seq_state,
+                                      tuple(fingerprints)))
         if self.ctx.has_peer("commands"):
             if seen:
                 self.send("commands", Presence(seen))
             for ack in acks:
                 self.send("commands", ack)
+
+    def _duplicate(self, device: str, seq: int, known: bool) -> None:
+        counter = self.duplicates.get(device)
+        if counter is None:
+            if len(self.duplicates) < DEVICES_LABELLED:
+                counter = self.duplicates[device] = DUPLICATES.labels(device)
+            else:
+                counter = DUPLICATES.labels("other")
+        counter.inc()
+        _log.debug("duplicate_dropped", device=device, seq=seq,
+                   detail="the same bytes seen before" if known else "at or behind the last seq, not newer")
 
     @staticmethod
     def _quarantined(topic: str, q: Quarantine | None) -> Entry:

@@ -25,6 +25,8 @@ buffer says it has ``Room`` again, or at the latest after a backoff (doubling to
 from __future__ import annotations
 
 import itertools
+import os
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +44,11 @@ from edge.runtime.actor import ActorContext, EdgeActor
 _log = log.get(__name__)
 
 RECEIVED = Counter("edge_source_messages_received", "Messages received from the site broker", ["filter"])
+# Fault injection for the loss tests only: with this probability the process exits right
+# after the buffer committed a batch and before its PUBACKs (the window in which the site
+# broker delivers the batch again). Unset in any real deployment.
+_EXIT_BEFORE_ACK = float(os.environ.get("EDGE_FAULT_EXIT_BEFORE_ACK", "0") or 0)
+
 ACKED = Counter("edge_source_messages_acked", "Messages acked to the site broker after commit")
 RECONNECTS = Counter("edge_source_reconnects", "Reconnects forced to get unacked messages redelivered",
                      ["reason"])
@@ -78,6 +85,7 @@ class MqttSource(EdgeActor):
         self.held = 0  # received on this connection, not acked yet
         self.releasing = False  # a disconnect is under way: paho's thread must not wait
         self.pending: list[tuple[int, str, bytes, float]] = []
+        self.pending_dup: list[int] = []  # ids of pending messages the broker sent again (DUP set)
         self.pending_bytes = 0
         self.outstanding: dict[int, tuple[float, int]] = {}  # batch -> (sent at, messages)
         self.generation = 0
@@ -105,6 +113,7 @@ class MqttSource(EdgeActor):
         self.batch = 0
         self._count(tuple(self.pending))  # received, though never handed on
         self.pending.clear()
+        self.pending_dup.clear()
         self.pending_bytes = 0
         UNACKED.dec(sum(n for _, n in self.outstanding.values()))
         self.outstanding.clear()
@@ -151,6 +160,8 @@ class MqttSource(EdgeActor):
         payload = message.payload
         with self.lock:
             self.pending.append((message.mid, topic, payload, time.time()))
+            if message.dup:
+                self.pending_dup.append(message.mid)
             self.pending_bytes += len(payload)
             self.held += 1
             if len(self.pending) >= self.cfg.batch_max or self.pending_bytes >= self.cfg.batch_bytes:
@@ -182,13 +193,14 @@ class MqttSource(EdgeActor):
         if not self.pending:
             return
         batch, self.pending = tuple(self.pending), []
+        redelivered, self.pending_dup = frozenset(self.pending_dup), []
         self.pending_bytes = 0
         self._count(batch)
         self.batch += 1
         self.outstanding[self.batch] = (time.monotonic(), len(batch))
         UNACKED.inc(len(batch))
         # An undelivered batch (decoder restarting) leaves a hole the buffer will refuse.
-        self.send(self.decoder, Incoming(batch, self.generation, self.batch))
+        self.send(self.decoder, Incoming(batch, self.generation, self.batch, redelivered))
 
     def _tick(self) -> None:
         interval = self.cfg.batch_ms / 1000
@@ -214,6 +226,9 @@ class MqttSource(EdgeActor):
             case Committed(mids, generation, batch):
                 if generation != self.generation or self.session is None:
                     return None  # an old connection's: those come again
+                if _EXIT_BEFORE_ACK and random.random() < _EXIT_BEFORE_ACK:
+                    _log.warning("fault_injected", actor=self.name, fault="exit before PUBACK", messages=len(mids))
+                    os._exit(86)
                 self.session.ack(mids)  # one write for the batch
                 ACKED.inc(len(mids))
                 with self.lock:

@@ -8,8 +8,10 @@ thread or in a decoder process (``[decoder] processes``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any, NamedTuple
 
 from edge.codecs.dispatch import Dispatcher
@@ -40,6 +42,46 @@ class Outcome(NamedTuple):
     device: str | None  # the first record's device: presence
     acks: tuple[tuple[str, str], ...]  # (command id, result) from command acks
     records: int
+
+
+def digest(topic: str, payload: bytes) -> int:
+    """A message's fingerprint: 64 bits of BLAKE2b over its topic and payload (about 0.5 µs).
+    The same bytes on the same topic are the same message, however they came again."""
+    h = blake2b(topic.encode("utf-8", "surrogatepass"), digest_size=8)
+    h.update(b"\0")
+    h.update(payload)
+    return int.from_bytes(h.digest(), "little")
+
+
+class Recent:
+    """The fingerprints of the last ``size`` messages taken, oldest first out. The decoder
+    keeps one (restored from the buffer, where it is committed with each batch) to know a
+    message it has already stored when the site broker delivers it again."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, fingerprint: int) -> bool:
+        return fingerprint in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, fingerprint: int) -> None:
+        seen = self._seen
+        if fingerprint in seen:
+            seen.move_to_end(fingerprint)
+            return
+        seen[fingerprint] = None
+        if len(seen) > self.size:
+            seen.popitem(last=False)
+
+    def restore(self, fingerprints: Iterable[int]) -> None:
+        """Oldest first, as the buffer kept them (the last ``size`` count)."""
+        self._seen.clear()
+        for fingerprint in list(fingerprints)[-self.size:]:
+            self.add(fingerprint)
 
 
 def priority_of(record: Any) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -191,50 +191,69 @@ _NEW, _DUPLICATE = SeqResult(Verdict.NEW), SeqResult(Verdict.DUPLICATE)  # the u
 _JUMP = SeqResult(Verdict.JUMP)
 
 
+_CLOCK_FROM = datetime(2001, 1, 1, tzinfo=UTC)  # a ts before this is an uptime, not a clock
+
+
+def _repeat(ts: str, last_ts: str | None, known: bool) -> bool:
+    if known:
+        return True
+    try:
+        t = datetime.fromisoformat(ts)
+    except ValueError:
+        return False
+    if t.tzinfo is None or t < _CLOCK_FROM:
+        return False  # no real clock: only the very same bytes make a repeat
+    if last_ts is None:
+        return True  # state from before last_ts was kept: as before, a repeat
+    try:
+        return t <= datetime.fromisoformat(last_ts)
+    except (ValueError, TypeError):
+        return True
+
+
 class SequenceTracker:
     """Per-device dedup and gap counting for v2 ``seq`` (wraps at 2**32, 0 after a reboot).
 
-    Rules: a message at or behind the last seen seq (within ``replay_window``, modulo
-    2**32) is a duplicate; ahead by more than one is a gap (counted, kept), and ahead by
-    more than ``max_gap`` is a jump (kept, counted once: a device that reset its counter
-    or sent a wild seq has not lost two billion messages). ``seq == 0``
-    is a reboot unless it repeats the ``ts`` of the boot already seen (a redelivered
-    first message); a jump backwards beyond the replay window is a reboot whose first
-    messages were lost. Not thread-safe: one owner (the decoder actor). ``state()`` and
-    ``restore()`` let the owner persist it.
+    Ahead of the last seen seq by one is new; by more, a gap (counted, kept); by more than
+    ``max_gap``, a jump (kept, counted once: a device that reset its counter or sent a wild
+    seq has not lost two billion messages). At or behind the last seq (within
+    ``replay_window``, modulo 2**32) it is a repeat, and dropped, only when
+
+    - ``known``: the owner saw these very bytes recently (``edge.codecs.batch.Recent``: a
+      redelivery after a crash, a device's own retransmission), or
+    - the device has a real clock and ``ts`` is not newer than the last message's: a
+      redelivery carries its original time.
+
+    Otherwise it is the first message of a boot whose hello was lost or unreadable, and kept
+    (``REBOOT``, its lower sequence numbers counted as missing). A device without a clock
+    (``ts`` before 2001, e.g. ``1970-01-01T00:00:05Z`` after every start) is thus never
+    dropped for its time alone. Further behind than the window: a reboot. Not thread-safe:
+    one owner (the decoder actor). ``state()`` and ``restore()`` let the owner persist it.
     """
 
     def __init__(self, replay_window: int = 4096, max_gap: int = 1_000_000) -> None:
         self.replay_window, self.max_gap = replay_window, max_gap
-        self._last: dict[str, tuple[int, str | None]] = {}  # device -> (seq, boot ts)
+        self._last: dict[str, tuple[int, str | None]] = {}  # device -> (seq, ts of that message)
 
-    def observe(self, device_id: str, seq: int, ts: str) -> SeqResult:
+    def observe(self, device_id: str, seq: int, ts: str, known: bool = False) -> SeqResult:
         previous = self._last.get(device_id)
         if previous is None:
-            self._last[device_id] = (seq, ts if seq == 0 else None)
+            self._last[device_id] = (seq, ts)
             return _NEW
-        last, boot_ts = previous
-        if seq == 0:
-            if ts == boot_ts:
-                return _DUPLICATE
-            self._last[device_id] = (0, ts)
-            return _NEW if last == SEQ_MOD - 1 else SeqResult(Verdict.REBOOT)
+        last, last_ts = previous
         ahead = (seq - last) % SEQ_MOD
-        if ahead == 0:
-            return _DUPLICATE
-        if ahead < SEQ_MOD // 2:
-            self._last[device_id] = (seq, boot_ts)
+        if 0 < ahead < SEQ_MOD // 2:
+            self._last[device_id] = (seq, ts)
             if ahead == 1:
                 return _NEW
             return SeqResult(Verdict.NEW, gap=ahead - 1) if ahead <= self.max_gap else _JUMP
-        behind = SEQ_MOD - ahead
-        if behind <= self.replay_window:
+        if (SEQ_MOD - ahead) % SEQ_MOD <= self.replay_window and _repeat(ts, last_ts, known):
             return _DUPLICATE
-        self._last[device_id] = (seq, None)
+        self._last[device_id] = (seq, ts)
         return SeqResult(Verdict.REBOOT, gap=seq)  # seq 0..seq-1 of the new boot are missing
 
     def last(self, device_id: str) -> tuple[int, str | None] | None:
-        """(last seq, boot ts) of one device, as ``state()`` holds it."""
+        """(last seq, its ts) of one device, as ``state()`` holds it."""
         return self._last.get(device_id)
 
     def state(self) -> dict[str, tuple[int, str | None]]:

@@ -146,7 +146,8 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
             cfg.commands.offline_after_s), after=("buffer",)),
         ActorSpec("decoder", lambda ctx: Decoder.start(
             ctx, registry_text, processes=cfg.decoder.processes,
-            window=(cfg.decoder.max_age_s, cfg.decoder.max_ahead_s)),
+            window=(cfg.decoder.max_age_s, cfg.decoder.max_ahead_s),
+            recent=max(8192, 2 * cfg.source.receive_maximum)),
                   after=("buffer", "commands")),
         ActorSpec("uplink", lambda ctx: Uplink.start(ctx, uplink_link(cfg), cfg.uplink, gw),
                   after=("buffer", "commands")),

@@ -3,8 +3,10 @@
 quota policies and leasing that these methods implement.
 
 Tables: ``records`` (seq, boot_epoch, priority, body, size, stored_at), ``dead_letters``
-(the same plus reason and dead_at), ``seq_state`` (the v2 sequence tracker) and ``meta``
-(boot epoch, next seq, drop counter, the last committed source batch).
+(the same plus reason and dead_at), ``seq_state`` (the v2 sequence tracker: last seq and
+its ts per device), ``recent`` (the fingerprints of the last messages taken, one row per
+batch, for the decoder's redelivery check) and ``meta`` (boot epoch, next seq, drop
+counter, the last committed source batch).
 
 A corrupt database is found at start by ``PRAGMA integrity_check``, moved aside with a
 timestamped name, reported, and replaced by a new one: never silently deleted.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from array import array
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +39,9 @@ _log = log.get(__name__)
 
 SCHEMA_VERSION = 1
 ROW_OVERHEAD = 48  # bytes per row besides the body, for the quota's estimate
+# Message fingerprints kept for redeliveries (edge.codecs.batch.Recent): twice the largest
+# receive maximum MQTT allows, 1 MiB on disk; the decoder keeps what it needs of them.
+RECENT_KEPT = 2 * 65_535
 
 STORED = Counter("edge_buffer_records_stored", "Records committed to the buffer", ["priority"])
 CONFIRMED = Counter("edge_buffer_records_confirmed", "Records confirmed by the server and deleted")
@@ -116,6 +123,9 @@ class BufferDB:
             "SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
         self.depth, self.bytes = depth, size
         self.cursor = {PRIORITY_HIGH: 0, PRIORITY_TELEMETRY: 0}
+        self._recent_rows: deque[tuple[int, int]] = deque(self.conn.execute(
+            "SELECT id, length(fingerprints) / 8 FROM recent ORDER BY id"))
+        self._recent_total = sum(n for _, n in self._recent_rows)
         self._publish()
 
     def _migrate(self) -> None:
@@ -129,6 +139,9 @@ class BufferDB:
             db["seq_state"].create({"device_id": str, "last_seq": int, "boot_ts": str},
                                    pk="device_id", if_not_exists=True)
             self._set_meta(schema_version=SCHEMA_VERSION)
+        if "last_ts" not in db["seq_state"].columns_dict:  # buffers made before it: NULL, as before
+            db["seq_state"].add_column("last_ts", str)
+        db["recent"].create({"id": int, "fingerprints": bytes}, pk="id", if_not_exists=True)
         db["dead_letters"].create({"seq": int, "boot_epoch": int, "priority": int, "body": bytes,
                                    "stored_at": float, "reason": str, "dead_at": float},
                                   pk="seq", if_not_exists=True)
@@ -162,8 +175,10 @@ class BufferDB:
         self.refused_generations.add(generation)
 
     def append(self, entries: Sequence[tuple[int, bytes]], seq_state: dict[str, tuple[int, str | None]],
-               generation: int | None = None, batch: int | None = None) -> bool:
-        """Commit a batch with its identities. False: the quota (reject policy) refused it."""
+               generation: int | None = None, batch: int | None = None,
+               fingerprints: Sequence[int] = ()) -> bool:
+        """Commit a batch with its identities, the sequence state and the fingerprints of
+        its messages. False: the quota (reject policy) refused it."""
         incoming = sum(len(body) for _, body in entries) + ROW_OVERHEAD * len(entries)
         dropped: tuple[int, int, int, int] | None = None
         if self.bytes + incoming > self.quota_bytes:
@@ -197,8 +212,10 @@ class BufferDB:
                              (self.dropped_total + count,))
             insert_rows(conn, "INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at)", rows)
             if seq_state:
-                insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, boot_ts)",
-                            [(d, s, b) for d, (s, b) in seq_state.items()])
+                insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, last_ts)",
+                            [(d, s, t) for d, (s, t) in seq_state.items()])
+            if fingerprints:
+                self._remember(fingerprints)
             if generation is not None and batch is not None:
                 self._set_meta(source_generation=generation, source_batch=batch, next_seq=seq)
             else:
@@ -344,8 +361,31 @@ class BufferDB:
 
     # -- reading
     def seq_state(self) -> dict[str, tuple[int, str | None]]:
-        return {d: (s, b) for d, s, b in self.conn.execute(
-            "SELECT device_id, last_seq, boot_ts FROM seq_state")}
+        return {d: (s, t) for d, s, t in self.conn.execute(
+            "SELECT device_id, last_seq, last_ts FROM seq_state")}
+
+    def recent(self) -> tuple[int, ...]:
+        """The committed message fingerprints, oldest first (at most ``RECENT_KEPT`` and
+        one batch)."""
+        out = array("Q")
+        for (blob,) in self.conn.execute("SELECT fingerprints FROM recent ORDER BY id"):
+            out.frombytes(blob)
+        return tuple(out)
+
+    def _remember(self, fingerprints: Sequence[int]) -> None:
+        """In the caller's transaction: one row per batch, the oldest rows deleted once the
+        rest hold ``RECENT_KEPT``."""
+        row = self.conn.execute("INSERT INTO recent (fingerprints) VALUES (?)",
+                                (array("Q", fingerprints).tobytes(),)).lastrowid
+        kept = self._recent_rows
+        kept.append((row, len(fingerprints)))
+        self._recent_total += len(fingerprints)
+        upto = None
+        while self._recent_total - kept[0][1] >= RECENT_KEPT:
+            upto, n = kept.popleft()
+            self._recent_total -= n
+        if upto is not None:
+            self.conn.execute("DELETE FROM recent WHERE id <= ?", (upto,))
 
     def stats(self) -> dict[str, Any]:
         oldest = self.oldest_stored_at()

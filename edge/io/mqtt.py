@@ -233,6 +233,7 @@ class Inbound(Protocol):
     mid: int
     topic: str
     payload: bytes
+    dup: bool  # the broker sent it before (MQTT DUP flag): a redelivery
 
 
 class MqttSession(Protocol):

@@ -68,7 +68,8 @@ def render(url: str, out: IO[str]) -> int:
                             f"{one('edge_source_unacked_messages') or 0:,.0f} in flight")
     if "decoder" in actors and (q := one("edge_decoder_messages_quarantined_total")) is not None:
         line("decoder", f"{one('edge_decoder_records_total') or 0:,.0f} records, {q:,.0f} quarantined, "
-                        f"{one('edge_decoder_duplicates_total') or 0:,.0f} duplicates dropped")
+                        f"{one('edge_decoder_duplicates_total') or 0:,.0f} duplicates dropped, "
+                        f"{one('edge_decoder_redeliveries_total') or 0:,.0f} redeliveries already stored")
     if "commands" in actors and (online := one("edge_devices_online")) is not None:
         line("devices", f"{online:.0f} online, {one('edge_commands_pending') or 0:.0f} commands pending")
     if "receiver" in actors and (frames := one("edge_receiver_frames_total")) is not None:

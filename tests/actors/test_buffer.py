@@ -8,6 +8,7 @@ import pytest
 from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, BufferDB, Entry
 from edge.codecs import uplink
 from edge.codecs.records import Gap
+from edge.io import buffer_db
 
 
 def entries(n, priority=PRIORITY_TELEMETRY, size=100):
@@ -34,6 +35,25 @@ def test_records_get_consecutive_sequences_that_survive_a_restart(tmp_path):
     leased = again.lease(10)
     assert leased.seqs == (1, 2, 3) and leased.boot_epoch == 1
     again.close()
+
+
+def test_message_fingerprints_are_committed_with_their_batch_and_the_oldest_let_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(buffer_db, "RECENT_KEPT", 10)
+    path = str(tmp_path / "b.db")
+    first = BufferDB(path)
+    assert first.append(entries(2), {}, 1, 1, fingerprints=(1, 2**64 - 1))
+    assert first.recent() == (1, 2**64 - 1)
+    first.quota_bytes = 0  # refused by the quota: its fingerprints are not kept either
+    assert not first.append(entries(1), {}, 1, 2, fingerprints=(3,))
+    first.close()
+    again = BufferDB(path)
+    assert again.recent() == (1, 2**64 - 1)  # across a restart
+    for batch in range(2, 8):  # 6 batches of 3: the rows before the last 10 go
+        assert again.append(entries(3), {}, 1, batch, fingerprints=tuple(range(batch * 10, batch * 10 + 3)))
+    kept = again.recent()
+    assert len(kept) >= 10 and kept[-3:] == (70, 71, 72) and 1 not in kept
+    again.close()
+    assert BufferDB(path).recent() == kept
 
 
 def test_a_lease_takes_priority_records_first_and_never_twice(db):

@@ -10,10 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from edge.actors.buffer import Append, GetSeqState, SeqState
 from edge.actors.decoder import Decoder, Incoming
+from edge.codecs import registry as registry_mod
+from edge.codecs.batch import decode_batch, digest
+from edge.codecs.dispatch import Dispatcher
 from edge.config import SupervisionConfig
 from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
@@ -58,7 +62,7 @@ def test_batches_wait_for_the_sequence_state_and_are_then_decoded_with_it(unique
         store = SlowBuffer.stores.get(timeout=5)
         assert store.mids == (1, 2) and (store.generation, store.batch) == (1, 1)
         assert len(store.entries) == 1  # seq 5 dropped as a duplicate, seq 6 kept
-        assert store.seq_state == {"pm-1": (6, None)}
+        assert store.seq_state == {"pm-1": (6, "2026-07-26T10:00:06Z")}  # seq and its ts
     finally:
         runtime.stop()
 
@@ -113,13 +117,66 @@ def decode_with(processes: int) -> Append:
         runtime.stop()
 
 
+def test_a_redelivered_message_already_committed_is_acked_and_not_stored_again_whatever_its_kind():
+    """The gateway stopped between the buffer's commit and the PUBACK: the broker sends the
+    batch again with DUP set. Kinds without a device sequence (homelab, a Last-Will status
+    without seq, a bad message) used to be stored twice."""
+    lwt = (21, "iot/pm-4/status", json.dumps({"status": "offline"}).encode(), 6.0)
+    messages = MIXED + (lwt,)
+    committed = tuple(digest(topic, payload) for _, topic, payload, _ in messages)
+    Remembering.recent = committed[:-2]  # the buffer had committed all but the last two
+    Remembering.got = queue.Queue()
+    runtime = Runtime([ActorSpec("buffer", Remembering.start),
+                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
+                      SupervisionConfig())
+    runtime.start()
+    try:
+        every = frozenset(m[0] for m in messages)
+        runtime.handles["decoder"].tell(Incoming(messages, generation=1, batch=1, redelivered=every))
+        store = Remembering.got.get(timeout=30)
+        # The same bytes without DUP: a device sent them again, not the broker. The v2
+        # message is a repeat of its sequence (the same bytes: dropped); the Last-Will status
+        # is decoded again (the stores dedup it on its identity).
+        runtime.handles["decoder"].tell(Incoming(messages[-2:], generation=1, batch=2))
+        again = Remembering.got.get(timeout=30)
+    finally:
+        runtime.stop()
+    assert len(again.entries) == 1 and again.mids == (16, 21)
+    assert store.mids == tuple(m[0] for m in messages)  # every one acked
+    assert len(store.entries) == 2 and len(store.fingerprints) == 2  # only what was never committed
+    assert [body for _, body in store.entries] == [
+        body for _, body in decode_batch_entries(messages[-2:])]
+
+
+class Remembering(EdgeActor):
+    """A buffer whose committed state holds the fingerprints in ``recent``."""
+    receives = (object,)  # a stand-in: takes anything
+
+    recent: tuple = ()
+    got: queue.Queue = queue.Queue()
+
+    def handle(self, message):
+        match message:
+            case GetSeqState(reply_to):
+                reply_to.tell(SeqState({}, Remembering.recent))
+            case Append():
+                Remembering.got.put(message)
+
+
+def decode_batch_entries(messages) -> list:
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return [e for out in decode_batch(Dispatcher(registry_mod.loads(REGISTRY)), pack, messages)
+            for e in (*out.entries, *([out.quarantine.entry] if out.quarantine else []))]
+
+
 def test_decoder_processes_give_exactly_what_the_decoder_thread_gives():
     alone = decode_with(0)
     assert alone.mids == tuple(m[0] for m in MIXED)
     # pm-2: 1 measurement + a quarantined copy (its bad val), the duplicate dropped, status,
     # ack; the bad JSON quarantined; the homelab record; 7 pm-3 measurements.
     assert len(alone.entries) == 2 + 1 + 1 + 1 + 1 + 7
-    assert alone.seq_state == {"pm-2": (3, None), "pm-3": (6, "2026-07-26T10:03:00Z")}  # seq 0: a boot
+    assert alone.seq_state == {"pm-2": (3, "2026-07-26T10:01:03Z"), "pm-3": (6, "2026-07-26T10:03:00Z")}
+    assert len(alone.fingerprints) == len(MIXED)  # committed with the batch, for redeliveries
     assert [priority for priority, _ in alone.entries][:4] == [1, 1, 0, 0]  # telemetry, quarantine, events
     for processes in (1, 2):  # 2: the batch is split in two, the outcomes come back in order
         assert decode_with(processes) == alone

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgpack
@@ -131,40 +131,53 @@ def test_arbitrary_bytes_are_never_mistaken_for_an_uplink_frame(blob):
         uplink.decode(blob)
 
 
+def at(second: int, clock: bool = True) -> str:
+    """A device's ``ts``: a real clock's time, or an uptime since 1970 (no clock)."""
+    base = datetime(2026, 7, 26, tzinfo=UTC) if clock else datetime(1970, 1, 1, tzinfo=UTC)
+    return (base + timedelta(seconds=second)).isoformat().replace("+00:00", "Z")
+
+
 @st.composite
-def device_streams(draw):
+def device_streams(draw, clock: bool):
     """What one device sends, as the tracker sees it: boots (the first may start mid-life,
-    near the 2**32 wrap), each counting up with lost messages, and redeliveries of recent
-    messages of the current boot mixed in. Returns [(seq, ts, is_replay, boot)]."""
+    near the 2**32 wrap), each counting up with lost messages, some losing their first
+    messages (a hello lost or unreadable), and repeats of recent messages of the current
+    boot mixed in: the same bytes (``known``: within the decoder's window of fingerprints)
+    or, with a clock, possibly beyond that window. Without a clock a device's ``ts`` starts
+    again after every boot. Returns [(seq, ts, known, is_repeat, boot)]."""
     window = 64
-    stream, boot = [], 0
+    stream, second = [], 10
     seq = draw(st.sampled_from([0, 5, SEQ_MOD - 3, SEQ_MOD - 1]))
     for boot in range(draw(st.integers(1, 4))):
         sent = []
+        if boot:
+            seq = draw(st.sampled_from([0, 0, 1, 3]))  # 1, 3: the boot's first messages lost
+            if not clock:
+                second = 5
         for i in range(draw(st.integers(1, 40))):
             if draw(st.integers(0, 9)) == 0 and i:
                 seq = (seq + draw(st.integers(1, 5))) % SEQ_MOD  # lost messages: a gap
-            ts = f"boot{boot}-{i}"
-            stream.append((seq, ts, False, boot))
+            second += draw(st.integers(1, 30))
+            ts = at(second, clock)
+            stream.append((seq, ts, False, False, boot))
             sent.append((seq, ts))
             if draw(st.integers(0, 4)) == 0:
                 back = draw(st.integers(1, min(len(sent), window)))
-                replay = sent[-back]
-                stream.append((replay[0], replay[1], True, boot))
+                known = draw(st.booleans()) if clock else True
+                stream.append((*sent[-back], known, True, boot))
             seq = (seq + 1) % SEQ_MOD
-        seq = 0  # reboot: the next boot starts at 0, and its seq 0 arrives
     return stream
 
 
 @SETTINGS
-@given(device_streams())
-def test_sequence_tracking_never_takes_a_duplicate_for_new_across_wrap_and_reboot(stream):
+@given(st.booleans().flatmap(lambda clock: device_streams(clock)))
+def test_sequence_tracking_drops_every_repeat_and_never_a_new_message_across_wrap_and_reboot(stream):
     tracker = SequenceTracker(replay_window=64)
     new = []
-    for seq, ts, is_replay, boot in stream:
-        result = tracker.observe("dev", seq, ts)
-        if is_replay:
-            assert result.verdict is Verdict.DUPLICATE, (seq, ts)
+    for seq, ts, known, is_repeat, boot in stream:
+        result = tracker.observe("dev", seq, ts, known)
+        if is_repeat:
+            assert result.verdict is Verdict.DUPLICATE, (seq, ts, known)
         else:
             assert result.is_new, (seq, ts)
             new.append((boot, seq, ts))
@@ -173,36 +186,58 @@ def test_sequence_tracking_never_takes_a_duplicate_for_new_across_wrap_and_reboo
 
 def test_sequence_gaps_are_counted_and_kept():
     tracker = SequenceTracker()
-    assert tracker.observe("d", 10, "a").verdict is Verdict.NEW
-    result = tracker.observe("d", 14, "b")
+    assert tracker.observe("d", 10, at(1)).verdict is Verdict.NEW
+    result = tracker.observe("d", 14, at(2))
     assert (result.verdict, result.gap) == (Verdict.NEW, 3)
-    # 2**32-1 is 15 behind 14 modulo 2**32: a late redelivery, not news.
-    assert tracker.observe("d", SEQ_MOD - 1, "c").verdict is Verdict.DUPLICATE
+    # 2**32-1 is 15 behind 14 modulo 2**32, and older: a late redelivery, not news.
+    assert tracker.observe("d", SEQ_MOD - 1, at(0)).verdict is Verdict.DUPLICATE
 
 
 def test_sequence_wraps_at_two_to_the_32_and_a_reboot_restarts_at_zero():
     tracker = SequenceTracker()
-    tracker.observe("d", SEQ_MOD - 2, "a")
-    assert tracker.observe("d", SEQ_MOD - 1, "b").verdict is Verdict.NEW
-    assert tracker.observe("d", 0, "c").verdict is Verdict.NEW  # the wrap
-    assert tracker.observe("d", 1, "d").verdict is Verdict.NEW
-    assert tracker.observe("d", 0, "c").verdict is Verdict.DUPLICATE  # redelivered 0
-    assert tracker.observe("d", 0, "boot-2").verdict is Verdict.REBOOT
-    assert tracker.observe("d", 0, "boot-2").verdict is Verdict.DUPLICATE
-    lost_start = tracker.observe("other", 900_000, "x")
+    tracker.observe("d", SEQ_MOD - 2, at(1))
+    assert tracker.observe("d", SEQ_MOD - 1, at(2)).verdict is Verdict.NEW
+    assert tracker.observe("d", 0, at(3)).verdict is Verdict.NEW  # the wrap
+    assert tracker.observe("d", 1, at(4)).verdict is Verdict.NEW
+    assert tracker.observe("d", 0, at(3)).verdict is Verdict.DUPLICATE  # redelivered 0
+    assert tracker.observe("d", 0, at(100)).verdict is Verdict.REBOOT
+    assert tracker.observe("d", 0, at(100)).verdict is Verdict.DUPLICATE
+    lost_start = tracker.observe("other", 900_000, at(1))
     assert lost_start.verdict is Verdict.NEW
-    rebooted = tracker.observe("other", 3, "y")  # reboot whose 0..2 were lost
+    rebooted = tracker.observe("other", 3, at(2))  # reboot whose 0..2 were lost
     assert (rebooted.verdict, rebooted.gap) == (Verdict.REBOOT, 3)
+
+
+def test_a_reboot_whose_hello_was_lost_is_known_by_its_newer_time_and_nothing_after_it_is_dropped():
+    """The issue's meter: hello 0, telemetry 1-20, reboot; the new hello unreadable, its
+    telemetry 1-10 100 s later. They used to be dropped as duplicates of 1-10."""
+    tracker = SequenceTracker()
+    for seq in range(21):
+        assert tracker.observe("m", seq, at(seq * 10)).is_new
+    results = [tracker.observe("m", seq, at(300 + seq * 10)) for seq in range(1, 11)]
+    assert results[0].verdict is Verdict.REBOOT and results[0].gap == 1
+    assert all(r.verdict is Verdict.NEW for r in results[1:])
+    assert tracker.observe("m", 5, at(340)).verdict is Verdict.DUPLICATE  # a redelivery of the new boot
+
+
+def test_a_device_without_a_clock_is_dropped_only_for_the_same_bytes():
+    tracker = SequenceTracker()
+    for seq in range(21):
+        assert tracker.observe("m", seq, at(5 + seq * 10, clock=False)).is_new
+    # A reboot: hello 0 with the same uptime as the first boot's, then 1..10 again.
+    again = [tracker.observe("m", seq, at(5 + seq * 10, clock=False)) for seq in range(11)]
+    assert all(r.is_new for r in again)
+    assert tracker.observe("m", 10, at(105, clock=False), known=True).verdict is Verdict.DUPLICATE
 
 
 def test_sequence_state_survives_a_restart_of_its_owner():
     tracker = SequenceTracker()
-    tracker.observe("d", 0, "boot")
-    tracker.observe("d", 7, "x")
+    tracker.observe("d", 0, at(1))
+    tracker.observe("d", 7, at(2))
     again = SequenceTracker()
     again.restore(tracker.state())
-    assert again.observe("d", 7, "x").verdict is Verdict.DUPLICATE
-    assert again.observe("d", 0, "boot").verdict is Verdict.DUPLICATE
+    assert again.observe("d", 7, at(2)).verdict is Verdict.DUPLICATE
+    assert again.observe("d", 0, at(1)).verdict is Verdict.DUPLICATE
 
 
 @SETTINGS
@@ -312,10 +347,10 @@ def test_a_device_share_of_any_size_becomes_messages_below_the_limit(count, labe
 
 def test_a_sequence_jump_beyond_any_plausible_loss_is_not_counted_as_lost_messages():
     tracker = SequenceTracker()
-    tracker.observe("d", 1, "a")
-    result = tracker.observe("d", 1 + 2**31 - 1, "b")
+    tracker.observe("d", 1, at(1))
+    result = tracker.observe("d", 1 + 2**31 - 1, at(2))
     assert result.verdict is Verdict.JUMP and result.gap == 0
-    assert tracker.observe("d", 2**31 + 1, "c").verdict is Verdict.NEW
+    assert tracker.observe("d", 2**31 + 1, at(3)).verdict is Verdict.NEW
 
 
 @SETTINGS

@@ -7,13 +7,16 @@ PUBACKed) and checks the buffer with integrity_check at the end.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 
 import pytest
-from harness import EDGE, Site, assert_exactly_once, drained, integrity, services, tally, wait_until
+from harness import EDGE, Site, assert_exactly_once, drained, integrity, publish, services, tally, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -209,3 +212,49 @@ def test_after_the_central_broker_lost_everything_the_receiver_coming_back_gets_
     drained(site, timeout=60)
     assert time.monotonic() - back < 60, "drained only after the confirmation timeout"
     assert_exactly_once(site)
+
+
+def test_a_gateway_stopped_between_commit_and_puback_stores_what_the_broker_sends_again_once(site):
+    """The site broker delivers what the gateway committed but never acked again, with DUP
+    set. Records that take their message's receive time (homelab without a timestamp) or
+    have no device sequence used to be stored twice: the fingerprints committed with each
+    batch recognise the redelivery."""
+    site.start("receiver")
+    site.start("gateway")
+    site.kill("gateway", signal.SIGTERM)  # its persistent session queues what follows
+    good = [(f"homelab/energy/{site.name}-m{i}", json.dumps({"power_kw": float(i)}).encode()) for i in range(40)]
+    bad = [(f"homelab/energy/{site.name}-bad", f"{{not json {i}".encode()) for i in range(5)]
+    assert publish(site.site_port, good[:20] + bad + good[20:]) == [0] * 45
+    log = open(site.tmp / "gateway.log", "ab")
+    faulty = subprocess.Popen([EDGE, "gateway", "--config", str(site.tmp / "gateway.toml")], stdout=log,
+                              stderr=log, env={**os.environ, "EDGE_FAULT_EXIT_BEFORE_ACK": "1"})
+    assert faulty.wait(timeout=60) == 86, (site.tmp / "gateway.log").read_text()[-2000:]
+    site.start("gateway")
+
+    def delivered() -> bool:
+        m = site.metrics("gateway")
+        return (m.get("edge_source_messages_acked_total", 0) >= 1 and m.get("edge_buffer_depth_records") == 0
+                and m.get("edge_uplink_window_frames") == 0 and tally_rows(site) >= 40)
+
+    wait_until(delivered, 60, "everything the broker sent again stored and confirmed")
+    assert site.metrics("gateway").get("edge_decoder_redeliveries_total", 0) > 0  # the path was taken
+    conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
+    rows = conn.execute("SELECT device_id, value FROM iot_measurements WHERE device_id LIKE ?",
+                        (f"{site.name}-m%",)).fetchall()
+    assert sorted(rows) == sorted((f"{site.name}-m{i}", float(i)) for i in range(40))  # by identity and value
+    quarantined = conn.execute("SELECT count(*) FROM quarantine WHERE body LIKE ?", (f"%{site.name}-bad%",))
+    assert quarantined.fetchone() == (5,)
+    assert integrity(site.buffer_db) == "ok"
+
+
+def tally_rows(site: Site) -> int:
+    if not site.store_db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM iot_measurements WHERE device_id LIKE ?",
+                            (f"{site.name}-m%",)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()

@@ -88,8 +88,8 @@ class FakeSession:
         if self.options.get("on_disconnect"):
             self.options["on_disconnect"](reason)
 
-    def receive(self, mid: int, topic: str, payload: bytes) -> None:
-        self.options["on_message"](SimpleNamespace(mid=mid, topic=topic, payload=payload))
+    def receive(self, mid: int, topic: str, payload: bytes, dup: bool = False) -> None:
+        self.options["on_message"](SimpleNamespace(mid=mid, topic=topic, payload=payload, dup=dup))
 
     def on(self, topic: str) -> list[bytes]:
         return [p.payload for p in self.published if p.topic == topic]
