@@ -25,6 +25,7 @@ way, applied to the outcomes in message order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -33,16 +34,19 @@ from prometheus_client import Counter
 from edge.actors.buffer import Append, Entry, GetSeqState, SeqState
 from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
-from edge.codecs.batch import Quarantine, Received, Recent, decode_batch, digest
+from edge.codecs.batch import PRIORITY_HIGH, Quarantine, Received, Recent, decode_batch, digest
 from edge.codecs.dispatch import Dispatcher
+from edge.codecs.records import DeviceGap
 from edge.codecs.registry import CODECS
-from edge.codecs.v2 import SequenceTracker, Verdict
+from edge.codecs.uplink import to_wire
+from edge.codecs.v2 import SEQ_MOD, SeqResult, SequenceTracker, Verdict
 from edge.io.decode_pool import DecodePool
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 _quarantine_lines = log.Throttle()  # a device sending garbage fast must not flood the log
+_gap_lines = log.Throttle()  # nor one whose sequence jumps about
 
 DECODED = Counter("edge_decoder_messages_decoded", "Messages decoded", ["codec"])
 RECORDS = Counter("edge_decoder_records", "Records produced")
@@ -51,7 +55,8 @@ DUPLICATES = Counter("edge_decoder_duplicates", "v2 messages dropped as duplicat
 REDELIVERED = Counter("edge_decoder_redeliveries",
                       "Messages the site broker delivered again that were already stored: acked only")
 DEVICES_LABELLED = 500  # per-device duplicate counts for this many devices, then "other"
-GAPS = Counter("edge_decoder_sequence_gaps", "v2 messages missing between sequence numbers")
+GAPS = Counter("edge_device_gaps", "v2 device messages that never arrived (sequence gaps, the lost start of a "
+               "boot): each gap also goes upstream as a device_gap event")
 REBOOTS = Counter("edge_decoder_device_reboots", "v2 devices seen restarting their sequence")
 JUMPS = Counter("edge_decoder_sequence_jumps", "v2 sequences that jumped ahead beyond any plausible loss")
 
@@ -156,6 +161,7 @@ class Decoder(EdgeActor):
                     continue
                 if verdict.gap:
                     GAPS.inc(verdict.gap)
+                    entries.append(self._gap(seq, verdict, received, topic))
                 if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
                 elif verdict.verdict is Verdict.JUMP:
@@ -185,6 +191,21 @@ class Decoder(EdgeActor):
                 self.send("commands", Presence(seen))
             for ack in acks:
                 self.send("commands", ack)
+
+    def _gap(self, seq: tuple[str, int, str], verdict: SeqResult, received: float, topic: str) -> Entry:
+        """The missing messages as a ``device_gap`` event, at the device time of the message
+        that showed them (its receive time if that does not parse)."""
+        device, number, ts = seq
+        try:
+            at = datetime.fromisoformat(ts)
+        except ValueError:
+            at = datetime.fromtimestamp(received, UTC)
+        reason = "reboot" if verdict.verdict is Verdict.REBOOT else "gap"
+        gap = DeviceGap(at, device, topic, number, (number - verdict.gap) % SEQ_MOD, verdict.gap, reason)
+        held = _gap_lines.allow("device_gap")
+        if held is not None:
+            _log.info("device_gap", device=device, seq=number, missing=verdict.gap, reason=reason, suppressed=held)
+        return Entry(PRIORITY_HIGH, self.pack(to_wire(gap)))
 
     def _duplicate(self, device: str, seq: int, known: bool) -> None:
         counter = self.duplicates.get(device)

@@ -97,8 +97,22 @@ class CardRead(Event):
     signal_strength: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceGap(Event):
+    """Messages of a v2 device that never reached the gateway: ``count`` of them, sequence
+    numbers ``first_missing`` on, found when ``seq`` arrived (``time`` is its device time).
+    ``reason``: ``gap`` (numbers skipped) or ``reboot`` (the start of a new boot lost,
+    its hello among them). Made by the gateway's decoder and sent upstream like any event."""
+
+    type: ClassVar[str] = "device_gap"
+    seq: int
+    first_missing: int
+    count: int
+    reason: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Hello, Status, CommandAck, OtaStatus, CardRead)
+    cls.type: cls for cls in (Hello, Status, CommandAck, OtaStatus, CardRead, DeviceGap)
 }
 
 

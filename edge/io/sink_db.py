@@ -230,7 +230,7 @@ class SinkDb:
             elif r[0] > s["last"]:
                 s["last"] = r[0]
         for e in events:
-            if e["type"] == "gap":
+            if e["type"] in ("gap", "device_gap"):  # about records, not the device's own state
                 continue
             s = seen(e["device_id"], e["time"])
             s["gw"] = e.get("gateway") or s["gw"]

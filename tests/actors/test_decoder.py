@@ -16,8 +16,10 @@ import pytest
 from edge.actors.buffer import Append, GetSeqState, SeqState
 from edge.actors.decoder import Decoder, Incoming
 from edge.codecs import registry as registry_mod
-from edge.codecs.batch import decode_batch, digest
+from edge.codecs import uplink
+from edge.codecs.batch import PRIORITY_HIGH, decode_batch, digest
 from edge.codecs.dispatch import Dispatcher
+from edge.codecs.records import DeviceGap, Measurement
 from edge.config import SupervisionConfig
 from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
@@ -146,6 +148,35 @@ def test_a_redelivered_message_already_committed_is_acked_and_not_stored_again_w
     assert len(store.entries) == 2 and len(store.fingerprints) == 2  # only what was never committed
     assert [body for _, body in store.entries] == [
         body for _, body in decode_batch_entries(messages[-2:])]
+
+
+def test_missing_messages_of_a_device_go_upstream_as_device_gap_events_committed_with_the_batch():
+    def telemetry_at(seq: int, second: int) -> bytes:
+        return json.dumps({"v": 2, "device_id": "pm-7", "ts": f"2026-07-26T10:{second // 60:02d}:{second % 60:02d}Z",
+                           "seq": seq, "msg_type": "telemetry",
+                           "measurements": [{"type": "p", "val": float(seq)}]}).encode()
+
+    # 1, 2, then 5 (3 and 4 lost); a reboot whose 0..1 were lost: 2 with a newer time.
+    sent = [(1, 10), (2, 20), (5, 50), (2, 600)]
+    messages = tuple((i, "iot/pm-7/telemetry", telemetry_at(seq, second), 1.0)
+                     for i, (seq, second) in enumerate(sent, 1))
+    Remembering.recent, Remembering.got = (), queue.Queue()
+    runtime = Runtime([ActorSpec("buffer", Remembering.start),
+                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
+                      SupervisionConfig())
+    runtime.start()
+    try:
+        runtime.handles["decoder"].tell(Incoming(messages, generation=1, batch=1))
+        store = Remembering.got.get(timeout=30)
+    finally:
+        runtime.stop()
+    records = [uplink.from_wire(msgpack.unpackb(body)) for _, body in store.entries]
+    gaps = [r for r in records if isinstance(r, DeviceGap)]
+    assert [(g.seq, g.first_missing, g.count, g.reason) for g in gaps] == [(5, 3, 2, "gap"), (2, 0, 2, "reboot")]
+    assert [g.time.minute for g in gaps] == [0, 10]  # the device time of the message that showed each
+    assert sum(1 for r in records if isinstance(r, Measurement)) == 4  # nothing dropped
+    assert all(p == PRIORITY_HIGH for (p, _), r in zip(store.entries, records, strict=True) if isinstance(r, DeviceGap))
+    assert store.seq_state == {"pm-7": (2, "2026-07-26T10:10:00Z")}
 
 
 class Remembering(EdgeActor):
