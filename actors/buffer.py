@@ -30,6 +30,7 @@ is ``edge.io.buffer_db.BufferDB``; this actor owns one and answers its peers.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,8 @@ import pykka
 from prometheus_client import Gauge
 
 from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
-from edge.io.buffer_db import BufferDB, Entry, Leased
+from edge.io.buffer_db import BufferDB, DiskFull, Entry, Leased
+from edge.io.sqlite import disk_full
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
@@ -48,6 +50,7 @@ __all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committ
            "Rewind", "Room", "SeqState", "Stats", "Append", "AppendLocal", "LocalAppended"]
 
 _log = log.get(__name__)
+_disk_lines = log.Throttle()
 
 FULL = Gauge("edge_buffer_full", "1 while the quota is reached with policy reject: ingest paused")
 
@@ -191,6 +194,7 @@ class Buffer(EdgeActor):
         self.db: BufferDB | None = None
         self.waiting: LeaseRequest | None = None  # a lease request we could not answer yet
         self.full = False  # refused a batch for the quota; the source waits for Room
+        self.disk_full = False  # refused one because its filesystem had no room
 
     def on_start(self) -> None:
         self.db = BufferDB(*self.args)
@@ -213,9 +217,19 @@ class Buffer(EdgeActor):
             case Append(entries, mids, generation, batch, seq_state, fingerprints):
                 problem = db.check_order(generation, batch)
                 full = False
-                if problem is None and not db.append(entries, seq_state, generation, batch, fingerprints):
-                    problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
-                    full = True
+                if problem is None:
+                    try:
+                        if not db.append(entries, seq_state, generation, batch, fingerprints):
+                            problem = f"buffer quota of {db.quota_bytes} bytes reached (policy reject)"
+                            full = True
+                    except DiskFull as exc:
+                        # Like a full quota: nothing acked, the site broker keeps the messages
+                        # and the source tries again after its backoff.
+                        problem, full, self.disk_full = f"disk full: {exc}", True, True
+                if problem is None and self.disk_full:
+                    self.disk_full = False
+                    _log.info("buffer_disk_room", detail="a batch committed again")
+                    self._room()
                 if problem is not None:
                     if generation not in db.refused_generations:
                         if full:
@@ -239,12 +253,12 @@ class Buffer(EdgeActor):
             case LeaseRequest():
                 self._lease(message)
             case Confirm(seqs):
-                db.confirm(seqs)
-                if self.full and db.bytes <= db.quota_bytes * 0.9:
+                if self._freeing(db.confirm, seqs) and self.full and not self.disk_full \
+                        and db.bytes <= db.quota_bytes * 0.9:
                     self._room()
             case DeadLetter(seqs, reason):
-                db.dead_letter(seqs, reason)
-                if self.full and db.bytes <= db.quota_bytes * 0.9:
+                if self._freeing(db.dead_letter, seqs, reason) and self.full and not self.disk_full \
+                        and db.bytes <= db.quota_bytes * 0.9:
                     self._room()
             case Rewind():
                 db.rewind()
@@ -270,6 +284,22 @@ class Buffer(EdgeActor):
             return
         self.waiting = None
         self.send(self.uplink, leased)
+
+    def _freeing(self, delete: Any, *args: Any) -> bool:
+        """Confirmed or dead-lettered rows deleted; on a full disk they stay (a delete needs
+        room in the log too) and are sent again after the next rewind: the receiver keeps
+        each record once."""
+        try:
+            delete(*args)
+            return True
+        except sqlite3.OperationalError as exc:
+            if not disk_full(exc):
+                raise
+            held = _disk_lines.allow("delete")
+            if held is not None:
+                _log.warning("buffer_delete_failed", error=str(exc), suppressed=held,
+                             detail="disk full: the rows stay and are sent again")
+            return False
 
     def _filled(self, problem: str) -> None:
         self.full = True

@@ -32,7 +32,7 @@ from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.codecs.records import Gap
 from edge.codecs.uplink import from_wire, to_wire
 from edge.errors import InputError
-from edge.io.sqlite import immediate, insert_rows, open_wal
+from edge.io.sqlite import disk_full, immediate, insert_rows, open_wal
 from edge.runtime import log
 
 _log = log.get(__name__)
@@ -46,7 +46,8 @@ RECENT_KEPT = 2 * 65_535
 STORED = Counter("edge_buffer_records_stored", "Records committed to the buffer", ["priority"])
 CONFIRMED = Counter("edge_buffer_records_confirmed", "Records confirmed by the server and deleted")
 DROPPED = Counter("edge_buffer_records_dropped", "Telemetry records dropped by the drop-oldest policy")
-REJECTED = Counter("edge_buffer_batches_rejected", "Batches left unacked because the quota was reached")
+REJECTED = Counter("edge_buffer_batches_rejected",
+                   "Batches left unacked because the quota was reached or the disk was full")
 COMMITS = Counter("edge_buffer_commits", "Transactions committed")
 DEPTH = Gauge("edge_buffer_depth_records", "Records waiting for confirmation")
 BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
@@ -95,6 +96,10 @@ def check_integrity(path: Path) -> Path | None:
     CORRUPT.inc()
     _log.error("buffer_corrupt_moved_aside", path=str(path), moved_to=str(aside), detail=detail)
     return aside
+
+
+class DiskFull(Exception):
+    """The buffer's filesystem has no room for a batch: nothing of it was committed."""
 
 
 class BufferDB:
@@ -178,7 +183,8 @@ class BufferDB:
                generation: int | None = None, batch: int | None = None,
                fingerprints: Sequence[int] = ()) -> bool:
         """Commit a batch with its identities, the sequence state and the fingerprints of
-        its messages. False: the quota (reject policy) refused it."""
+        its messages. False: the quota (reject policy) refused it. ``DiskFull``: the
+        filesystem refused it (nothing committed, nothing changed)."""
         incoming = sum(len(body) for _, body in entries) + ROW_OVERHEAD * len(entries)
         dropped: tuple[int, int, int, int] | None = None
         if self.bytes + incoming > self.quota_bytes:
@@ -203,23 +209,17 @@ class BufferDB:
             rows.append((seq, epoch, priority, body, len(body) + ROW_OVERHEAD, now))
             seq += 1
         conn = self.conn
-        with immediate(conn):
-            if dropped is not None:
-                first, last, count, _ = dropped
-                conn.execute("DELETE FROM records WHERE priority = ? AND seq BETWEEN ? AND ?",
-                             (PRIORITY_TELEMETRY, first, last))
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped_total', ?)",
-                             (self.dropped_total + count,))
-            insert_rows(conn, "INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at)", rows)
-            if seq_state:
-                insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, last_ts)",
-                            [(d, s, t) for d, (s, t) in seq_state.items()])
-            if fingerprints:
-                self._remember(fingerprints)
-            if generation is not None and batch is not None:
-                self._set_meta(source_generation=generation, source_batch=batch, next_seq=seq)
-            else:
-                self._set_meta(next_seq=seq)
+        remembered = None
+        try:
+            with immediate(conn):
+                remembered = self._write(rows, dropped, seq_state, fingerprints, generation, batch, seq)
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                REJECTED.inc()
+                raise DiskFull(f"{exc} ({self.path})") from exc
+            raise
+        if remembered is not None:
+            self._remembered(*remembered)
         COMMITS.inc()
         self.next_seq = seq
         if generation is not None and batch is not None:
@@ -239,6 +239,36 @@ class BufferDB:
         # Appending moves the oldest row only into an empty buffer (or past dropped rows).
         self._publish(oldest_moved=self.depth == len(rows) or dropped is not None)
         return True
+
+    def _write(self, rows: list[tuple], dropped: tuple[int, int, int, int] | None,
+               seq_state: dict[str, tuple[int, str | None]], fingerprints: Sequence[int],
+               generation: int | None, batch: int | None, next_seq: int) -> tuple[int, int] | None:
+        """The statements of one ``append``, in the caller's transaction; the fingerprint
+        row written (id, count), for ``_remembered`` once committed."""
+        conn = self.conn
+        if dropped is not None:
+            first, last, count, _ = dropped
+            conn.execute("DELETE FROM records WHERE priority = ? AND seq BETWEEN ? AND ?",
+                         (PRIORITY_TELEMETRY, first, last))
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped_total', ?)",
+                         (self.dropped_total + count,))
+        insert_rows(conn, "INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at)", rows)
+        if seq_state:
+            insert_rows(conn, "INSERT OR REPLACE INTO seq_state (device_id, last_seq, last_ts)",
+                        [(d, s, t) for d, (s, t) in seq_state.items()])
+        remembered = None
+        if fingerprints:
+            row = conn.execute("INSERT INTO recent (fingerprints) VALUES (?)",
+                               (array("Q", fingerprints).tobytes(),)).lastrowid
+            remembered = (row, len(fingerprints))
+            upto = self._recent_upto(len(fingerprints))
+            if upto is not None:
+                conn.execute("DELETE FROM recent WHERE id <= ?", (upto,))
+        if generation is not None and batch is not None:
+            self._set_meta(source_generation=generation, source_batch=batch, next_seq=next_seq)
+        else:
+            self._set_meta(next_seq=next_seq)
+        return remembered
 
     def _drop_oldest(self, need: int) -> tuple[int, int, int, int] | None:
         """(first seq, last seq, count, bytes) of the oldest telemetry rows not leased to
@@ -372,20 +402,25 @@ class BufferDB:
             out.frombytes(blob)
         return tuple(out)
 
-    def _remember(self, fingerprints: Sequence[int]) -> None:
-        """In the caller's transaction: one row per batch, the oldest rows deleted once the
-        rest hold ``RECENT_KEPT``."""
-        row = self.conn.execute("INSERT INTO recent (fingerprints) VALUES (?)",
-                                (array("Q", fingerprints).tobytes(),)).lastrowid
+    def _recent_upto(self, adding: int) -> int | None:
+        """The last fingerprint row to delete so that the rest, with ``adding`` more, still
+        hold ``RECENT_KEPT``; None: none to delete."""
+        total, upto = self._recent_total + adding, None
+        for row, n in self._recent_rows:
+            if total - n < RECENT_KEPT:
+                break
+            total -= n
+            upto = row
+        return upto
+
+    def _remembered(self, row: int, count: int) -> None:
+        """After the commit: the in-memory account of the fingerprint rows."""
         kept = self._recent_rows
-        kept.append((row, len(fingerprints)))
-        self._recent_total += len(fingerprints)
-        upto = None
-        while self._recent_total - kept[0][1] >= RECENT_KEPT:
-            upto, n = kept.popleft()
-            self._recent_total -= n
-        if upto is not None:
-            self.conn.execute("DELETE FROM recent WHERE id <= ?", (upto,))
+        upto = self._recent_upto(count)
+        while kept and upto is not None and kept[0][0] <= upto:
+            self._recent_total -= kept.popleft()[1]
+        kept.append((row, count))
+        self._recent_total += count
 
     def stats(self) -> dict[str, Any]:
         oldest = self.oldest_stored_at()

@@ -224,3 +224,23 @@ def test_local_records_are_answered_to_their_sender_after_the_commit_or_refused_
         assert peers["commands"].told[-1] == LocalAppended("too-much", False) and actor.db.depth == 1
     finally:
         actor.close()
+
+
+def test_a_full_disk_refuses_a_batch_whole_and_changes_nothing(tmp_path):
+    path = str(tmp_path / "b.db")
+    db = BufferDB(path)
+    try:
+        assert db.append(entries(2), {}, 1, 1, fingerprints=(1, 2))
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as a full filesystem
+        before = (db.next_seq, db.depth, db.bytes, db.last_batch, db.recent())
+        with pytest.raises(buffer_db.DiskFull, match="full"):
+            db.append(entries(200, size=1000), {"pm-1": (3, None)}, 1, 2, fingerprints=(3,))
+        assert (db.next_seq, db.depth, db.bytes, db.last_batch, db.recent()) == before
+        assert db.seq_state() == {} and not db.conn.in_transaction
+        db.conn.execute("PRAGMA max_page_count = 1000000")  # room again
+        assert db.append(entries(200, size=1000), {}, 1, 2, fingerprints=(3,))
+        assert db.lease(500).seqs == tuple(range(1, 203)) and db.recent() == (1, 2, 3)
+    finally:
+        db.close()

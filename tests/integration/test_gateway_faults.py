@@ -258,3 +258,75 @@ def tally_rows(site: Site) -> int:
         return 0
     finally:
         conn.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB filesystem (tmpfs) for the gateway's buffer. The tests run as root (CI, and
+    scripts/test on a developer's machine under sudo); a mount that fails fails the test."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], check=True,
+                   capture_output=True, timeout=30)
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True, timeout=30)
+
+
+def fill(path) -> None:
+    """Fill the filesystem of ``path`` to the last byte, as a runaway log would."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_frees(
+        tmp_path, site_mqtt, central_mqtt, unique, small_disk):
+    """Something else fills the buffer's filesystem: the buffer refuses batches instead of
+    crashing (it used to crash in a loop until the process gave up), acks nothing it did
+    not commit, says so in health and log, and takes the rest once space is freed."""
+    site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
+                overrides={"buffer": {"path": str(small_disk / "buffer.db")}})
+    site.buffer_db = small_disk / "buffer.db"
+    url = f"http://127.0.0.1:{site.gw_port}"
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([EDGE, "status", "--url", url], capture_output=True, text=True, timeout=30)
+
+    try:
+        site.start("receiver")
+        site.start("gateway")
+        sim = site.simulate(count=300 * 60, rate=300, kind="mix")
+        wait_until(lambda: tally_rows_any(site) > 0, 60, "readings flowing")
+        fill(small_disk / "filler")
+        wait_until(lambda: status().returncode == 1 and "disk full" in status().stdout, 60,
+                   "edge status: degraded, the buffer's disk full")
+        time.sleep(5)  # the fault's length: ingest stays refused meanwhile
+        assert site.processes["gateway"].poll() is None, (site.tmp / "gateway.log").read_text()[-3000:]
+        (small_disk / "filler").unlink()  # the operator frees space
+        assert sim.wait(timeout=240) == 0, sim.stderr.read()
+        drained(site, timeout=180)
+        assert_exactly_once(site)
+        wait_until(lambda: status().returncode == 0, 90, "healthy again")
+        log = (site.tmp / "gateway.log").read_text()
+        assert "disk full" in log and "Traceback" not in log and "actor_restart" not in log
+    finally:
+        site.stop_all()
+
+
+def tally_rows_any(site: Site) -> int:
+    if not site.store_db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM iot_measurements").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
