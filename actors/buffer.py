@@ -30,7 +30,6 @@ is ``edge.io.buffer_db.BufferDB``; this actor owns one and answers its peers.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,6 @@ from prometheus_client import Gauge
 
 from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.io.buffer_db import BufferDB, DiskFull, Entry, Leased
-from edge.io.sqlite import disk_full
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
@@ -212,7 +210,7 @@ class Buffer(EdgeActor):
         assert db is not None
         if self.ttl_s and time.monotonic() >= self.next_expiry:
             self.next_expiry = time.monotonic() + self.EXPIRE_EVERY_S
-            db.expire(self.ttl_s)
+            self._freeing(db.expire, self.ttl_s)
         match message:
             case Append(entries, mids, generation, batch, seq_state, fingerprints):
                 problem = db.check_order(generation, batch)
@@ -286,15 +284,13 @@ class Buffer(EdgeActor):
         self.send(self.uplink, leased)
 
     def _freeing(self, delete: Any, *args: Any) -> bool:
-        """Confirmed or dead-lettered rows deleted; on a full disk they stay (a delete needs
-        room in the log too) and are sent again after the next rewind: the receiver keeps
-        each record once."""
+        """Confirmed, dead-lettered or expired rows deleted; on a full disk they stay (a
+        delete needs room in the log too): confirmed ones are sent again after the next
+        rewind (the receiver keeps each record once), expired ones go at the next try."""
         try:
             delete(*args)
             return True
-        except sqlite3.OperationalError as exc:
-            if not disk_full(exc):
-                raise
+        except DiskFull as exc:
             held = _disk_lines.allow("delete")
             if held is not None:
                 _log.warning("buffer_delete_failed", error=str(exc), suppressed=held,

@@ -19,6 +19,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,15 +209,12 @@ class BufferDB:
         for priority, body in entries:
             rows.append((seq, epoch, priority, body, len(body) + ROW_OVERHEAD, now))
             seq += 1
-        conn = self.conn
         remembered = None
         try:
-            with immediate(conn):
+            with self._transaction():
                 remembered = self._write(rows, dropped, seq_state, fingerprints, generation, batch, seq)
-        except sqlite3.OperationalError as exc:
-            if disk_full(exc):
-                REJECTED.inc()
-                raise DiskFull(f"{exc} ({self.path})") from exc
+        except DiskFull:
+            REJECTED.inc()
             raise
         if remembered is not None:
             self._remembered(*remembered)
@@ -239,6 +237,17 @@ class BufferDB:
         # Appending moves the oldest row only into an empty buffer (or past dropped rows).
         self._publish(oldest_moved=self.depth == len(rows) or dropped is not None)
         return True
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``immediate``, with a full filesystem as ``DiskFull`` (nothing committed)."""
+        try:
+            with immediate(self.conn):
+                yield self.conn
+        except sqlite3.OperationalError as exc:
+            if disk_full(exc):
+                raise DiskFull(f"{exc} ({self.path})") from exc
+            raise
 
     def _write(self, rows: list[tuple], dropped: tuple[int, int, int, int] | None,
                seq_state: dict[str, tuple[int, str | None]], fingerprints: Sequence[int],
@@ -308,7 +317,7 @@ class BufferDB:
         gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
         seq = self.next_seq
         conn = self.conn
-        with immediate(conn):
+        with self._transaction():
             conn.execute("DELETE FROM records WHERE priority = ? AND stored_at < ? AND seq > ?",
                          (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY]))
             conn.execute("INSERT INTO records (seq, boot_epoch, priority, body, size, stored_at) "
@@ -353,7 +362,7 @@ class BufferDB:
         """Move rows that can never travel to ``dead_letters`` (kept, with the reason)."""
         now = self.clock()
         conn = self.conn
-        with immediate(conn):
+        with self._transaction():
             moved: list[int] = []
             for chunk in range(0, len(seqs), 500):
                 part = seqs[chunk:chunk + 500]
@@ -376,7 +385,7 @@ class BufferDB:
 
     def confirm(self, seqs: tuple[int, ...]) -> int:
         conn = self.conn
-        with immediate(conn):
+        with self._transaction():
             sizes: list[int] = []
             for chunk in range(0, len(seqs), 500):
                 part = seqs[chunk:chunk + 500]
