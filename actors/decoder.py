@@ -36,6 +36,8 @@ from edge.actors.commands import DeviceAck, Presence
 from edge.codecs import registry as registry_mod
 from edge.codecs.batch import PRIORITY_HIGH, Quarantine, Received, Recent, decode_batch, digest
 from edge.codecs.dispatch import Dispatcher
+from edge.codecs.errors import CodecError
+from edge.codecs.limits import check_wire_record, safe_text
 from edge.codecs.records import DeviceGap
 from edge.codecs.registry import CODECS
 from edge.codecs.uplink import to_wire
@@ -161,7 +163,9 @@ class Decoder(EdgeActor):
                     continue
                 if verdict.gap:
                     GAPS.inc(verdict.gap)
-                    entries.append(self._gap(seq, verdict, received, topic))
+                    gap = self._gap(seq, verdict, received, topic)
+                    if gap is not None:
+                        entries.append(gap)
                 if verdict.verdict is Verdict.REBOOT:
                     REBOOTS.inc()
                 elif verdict.verdict is Verdict.JUMP:
@@ -192,17 +196,24 @@ class Decoder(EdgeActor):
             for ack in acks:
                 self.send("commands", ack)
 
-    def _gap(self, seq: tuple[str, int, str], verdict: SeqResult, received: float, topic: str) -> Entry:
-        """The missing messages as a ``device_gap`` event, at the device time of the message
-        that showed them (its receive time if that does not parse)."""
-        device, number, ts = seq
-        try:
-            at = datetime.fromisoformat(ts)
-        except ValueError:
-            at = datetime.fromtimestamp(received, UTC)
+    def _gap(self, seq: tuple[str, int, str], verdict: SeqResult, received: float, topic: str) -> Entry | None:
+        """The missing messages as a ``device_gap`` event, at the time the gateway received
+        the message that showed them (its envelope's ``ts`` is the sender's: it may be
+        naive, or years off, where the records' window check quarantined them). Checked
+        like every record the receiver takes; one it would refuse is not sent (the gap
+        is still counted and logged)."""
+        device, number, _ = seq
         reason = "reboot" if verdict.verdict is Verdict.REBOOT else "gap"
-        gap = DeviceGap(at, device, topic, number, (number - verdict.gap) % SEQ_MOD, verdict.gap, reason)
+        gap = DeviceGap(datetime.fromtimestamp(received, UTC), device, topic, number,
+                        (number - verdict.gap) % SEQ_MOD, verdict.gap, reason)
         held = _gap_lines.allow("device_gap")
+        try:
+            check_wire_record(gap)
+        except CodecError as exc:
+            if held is not None:
+                _log.warning("device_gap_not_sent", device=safe_text(device, 200), seq=number,
+                             missing=verdict.gap, error=exc.describe()[:300], suppressed=held)
+            return None
         if held is not None:
             _log.info("device_gap", device=device, seq=number, missing=verdict.gap, reason=reason, suppressed=held)
         return Entry(PRIORITY_HIGH, self.pack(to_wire(gap)))

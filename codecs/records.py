@@ -100,7 +100,8 @@ class CardRead(Event):
 @dataclass(frozen=True, slots=True)
 class DeviceGap(Event):
     """Messages of a v2 device that never reached the gateway: ``count`` of them, sequence
-    numbers ``first_missing`` on, found when ``seq`` arrived (``time`` is its device time).
+    numbers ``first_missing`` on, found when ``seq`` arrived (``time``: when the gateway
+    received that message).
     ``reason``: ``gap`` (numbers skipped) or ``reboot`` (the start of a new boot lost,
     its hello among them). Made by the gateway's decoder and sent upstream like any event."""
 

@@ -367,7 +367,7 @@ def test_a_service_frozen_for_60s_turns_health_degraded_and_then_everything_arri
 
     site.start("server")
     site.start("gateway")
-    sim = site.simulate(20_000, 200)  # 100 s of traffic around the 60 s freeze
+    sim = site.simulate(14_000, 200)  # 70 s of traffic around the 60 s freeze
     url = f"http://127.0.0.1:{site.rx_port}"
 
     def status() -> subprocess.CompletedProcess:
