@@ -127,23 +127,14 @@ def test_a_redelivered_message_already_committed_is_acked_and_not_stored_again_w
     lwt = (21, "iot/pm-4/status", json.dumps({"status": "offline"}).encode(), 6.0)
     messages = MIXED + (lwt,)
     committed = tuple(digest(topic, payload) for _, topic, payload, _ in messages)
-    Remembering.recent = committed[:-2]  # the buffer had committed all but the last two
-    Remembering.got = queue.Queue()
-    runtime = Runtime([ActorSpec("buffer", Remembering.start),
-                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
-                      SupervisionConfig())
-    runtime.start()
-    try:
-        every = frozenset(m[0] for m in messages)
-        runtime.handles["decoder"].tell(Incoming(messages, generation=1, batch=1, redelivered=every))
-        store = Remembering.got.get(timeout=30)
-        # The same bytes without DUP: a device sent them again, not the broker. The v2
-        # message is a repeat of its sequence (the same bytes: dropped); the Last-Will status
-        # is decoded again (the stores dedup it on its identity).
-        runtime.handles["decoder"].tell(Incoming(messages[-2:], generation=1, batch=2))
-        again = Remembering.got.get(timeout=30)
-    finally:
-        runtime.stop()
+    every = frozenset(m[0] for m in messages)
+    # Then the same bytes without DUP: a device sent them again, not the broker. The v2
+    # message is a repeat of its sequence (the same bytes: dropped); the Last-Will status
+    # is decoded again (the stores dedup it on its identity).
+    store, again = decode_remembering(
+        [Incoming(messages, generation=1, batch=1, redelivered=every),
+         Incoming(messages[-2:], generation=1, batch=2)],
+        recent=committed[:-2])  # the buffer had committed all but the last two
     assert len(again.entries) == 1 and again.mids == (16, 21)
     assert store.mids == tuple(m[0] for m in messages)  # every one acked
     assert len(store.entries) == 2 and len(store.fingerprints) == 2  # only what was never committed
@@ -161,16 +152,7 @@ def test_missing_messages_of_a_device_go_upstream_as_device_gap_events_committed
     sent = [(1, 10), (2, 20), (5, 50), (2, 600)]
     messages = tuple((i, "iot/pm-7/telemetry", telemetry_at(seq, second), 1.0)
                      for i, (seq, second) in enumerate(sent, 1))
-    Remembering.recent, Remembering.got = (), queue.Queue()
-    runtime = Runtime([ActorSpec("buffer", Remembering.start),
-                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
-                      SupervisionConfig())
-    runtime.start()
-    try:
-        runtime.handles["decoder"].tell(Incoming(messages, generation=1, batch=1))
-        store = Remembering.got.get(timeout=30)
-    finally:
-        runtime.stop()
+    (store,) = decode_remembering([Incoming(messages, generation=1, batch=1)])
     records = [uplink.from_wire(msgpack.unpackb(body)) for _, body in store.entries]
     gaps = [r for r in records if isinstance(r, DeviceGap)]
     assert [(g.seq, g.first_missing, g.count, g.reason) for g in gaps] == [(5, 3, 2, "gap"), (2, 0, 2, "reboot")]
@@ -193,6 +175,21 @@ class Remembering(EdgeActor):
                 reply_to.tell(SeqState({}, Remembering.recent))
             case Append():
                 Remembering.got.put(message)
+
+
+def decode_remembering(batches: list[Incoming], recent: tuple = ()) -> list[Append]:
+    """The decoder's Append for each batch, its buffer holding ``recent`` fingerprints."""
+    Remembering.recent, Remembering.got = recent, queue.Queue()
+    runtime = Runtime([ActorSpec("buffer", Remembering.start),
+                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
+                      SupervisionConfig())
+    runtime.start()
+    try:
+        for incoming in batches:
+            runtime.handles["decoder"].tell(incoming)
+        return [Remembering.got.get(timeout=60) for _ in batches]
+    finally:
+        runtime.stop()
 
 
 def decode_batch_entries(messages) -> list:
@@ -252,17 +249,8 @@ def test_everything_the_decoder_buffers_from_hostile_traffic_is_what_the_receive
 
     hostile = list(Hostile(seed=1616).messages(3000))
     messages = tuple((i, topic, payload, 1_700_000_000.0 + i) for i, (topic, payload) in enumerate(hostile, 1))
-    Remembering.recent, Remembering.got = (), queue.Queue()
-    runtime = Runtime([ActorSpec("buffer", Remembering.start),
-                       ActorSpec("decoder", lambda ctx: Decoder.start(ctx, REGISTRY), after=("buffer",))],
-                      SupervisionConfig())
-    runtime.start()
-    try:
-        for n, start in enumerate(range(0, len(messages), 500), 1):
-            runtime.handles["decoder"].tell(Incoming(messages[start:start + 500], generation=1, batch=n))
-        appends = [Remembering.got.get(timeout=60) for _ in range(0, len(messages), 500)]
-    finally:
-        runtime.stop()
+    appends = decode_remembering([Incoming(messages[start:start + 500], generation=1, batch=n)
+                                  for n, start in enumerate(range(0, len(messages), 500), 1)])
     records = [uplink.from_wire(msgpack.unpackb(body)) for a in appends for _, body in a.entries]
     assert sum(isinstance(r, DeviceGap) for r in records) > 0  # the grammar makes sequence gaps
     for record in records:
