@@ -41,6 +41,7 @@ from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
 from edge.io.buffer_db import BufferDB, DiskFull, Entry, Leased
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
+from edge.runtime.clock import Steady
 from edge.runtime.health import CONDITIONS
 
 __all__ = ["PRIORITY_HIGH", "PRIORITY_TELEMETRY", "Buffer", "BufferDB", "Committed", "Confirm",
@@ -208,9 +209,13 @@ class Buffer(EdgeActor):
     def handle(self, message: Any) -> Any:
         db = self.db
         assert db is not None
-        if self.ttl_s and time.monotonic() >= self.next_expiry:
-            self.next_expiry = time.monotonic() + self.EXPIRE_EVERY_S
-            self._freeing(db.expire, self.ttl_s)
+        now = time.monotonic()
+        if now >= self.next_expiry:
+            self.next_expiry = now + self.EXPIRE_EVERY_S
+            if isinstance(db.clock, Steady):
+                db.clock.step("buffer")  # logged and counted; rows keep aging on the steady clock
+            if self.ttl_s:
+                self._freeing(db.expire, self.ttl_s)
         match message:
             case Append(entries, mids, generation, batch, seq_state, fingerprints):
                 problem = db.check_order(generation, batch)

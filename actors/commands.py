@@ -18,13 +18,17 @@ expired only once the buffer has that answer durably (``LocalAppended``): a cras
 leaves the command pending, and the answer is made again after the restart (at least once,
 never lost). The device's own ack travels up with priority through the decoder and closes
 the command here.
+
+Deadlines, presence and the queue's order are measured on a steady clock
+(edge.runtime.clock): the time left until a deadline is read once, when the command arrives,
+and a later step of the system clock (an hour back, a day forward) neither delivers a command
+late nor expires it early, nor takes a device for online or offline.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +44,7 @@ from edge.io.commands_db import CommandQueue
 from edge.io.mqtt import MqttSession, Session, SessionFactory
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
+from edge.runtime.clock import Steady
 
 _log = log.get(__name__)
 
@@ -62,9 +67,11 @@ class Downlink:
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """From the decoder, once per batch: device -> (last seen epoch s, status or None)."""
+    """From the decoder, once per batch: the devices heard, each with its status (``online``,
+    ``offline``, a Last Will's) or None when the message carried none. Seen now: on the
+    router's steady clock, which a step of the system clock does not move."""
 
-    seen: dict[str, tuple[float, str | None]]
+    seen: dict[str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +94,13 @@ class CommandRouter(EdgeActor):
 
     def __init__(self, ctx: ActorContext, broker: MqttConfig, client_id: str, path: str,
                  offline_after_s: float = DEFAULT_OFFLINE_AFTER_S, buffer: str = "buffer",
-                 session: SessionFactory = Session) -> None:
+                 session: SessionFactory = Session, clock: Steady | None = None) -> None:
         super().__init__(ctx)
+        self.clock = clock  # made in on_start unless given; never behind the queue's latest time
         self.make_session = session
         self.broker, self.client_id, self.path = broker, client_id, path
         self.offline_after_s, self.buffer = offline_after_s, buffer
-        self.presence: dict[str, tuple[float, str | None]] = {}
+        self.presence: dict[str, tuple[float, str | None]] = {}  # device -> (heard at, status)
         self.queue: CommandQueue | None = None
         self.session: MqttSession | None = None
         self.connected = threading.Event()
@@ -102,6 +110,9 @@ class CommandRouter(EdgeActor):
 
     def on_start(self) -> None:
         self.queue = CommandQueue(self.path)
+        if self.clock is None:
+            self.clock = Steady()
+        self.clock.catch_up(self.queue.latest())
         self.session = self.make_session(self.broker, self.client_id, "site broker (commands)",
                                on_connect=lambda flags: self.connected.set(),
                                on_disconnect=lambda reason: self.connected.clear())
@@ -129,7 +140,8 @@ class CommandRouter(EdgeActor):
                 self._accept(payload)
                 self._route()
             case Presence(seen):
-                for device, (at, status) in seen.items():
+                at = self.now()
+                for device, status in seen.items():
                     _, old_status = self.presence.get(device, (0.0, None))
                     self.presence[device] = (at, status if status is not None else
                                              (None if old_status == "offline" else old_status))
@@ -146,6 +158,16 @@ class CommandRouter(EdgeActor):
                 self._publish_gauges()
         return None
 
+    def now(self) -> float:
+        """The steady clock: deadlines, presence and the queue's order are measured on it."""
+        assert self.clock is not None
+        return self.clock()
+
+    def wall_time(self) -> datetime:
+        """The system clock's time, for timestamps that are data (a command's ``ts``, an answer)."""
+        assert self.clock is not None
+        return datetime.fromtimestamp(self.clock.wall(), UTC)
+
     def online(self, device: str, now: float) -> bool:
         at, status = self.presence.get(device, (0.0, None))
         return status != "offline" and now - at <= self.offline_after_s
@@ -155,10 +177,12 @@ class CommandRouter(EdgeActor):
         try:
             doc = json.loads(payload)
             cmd_id, device, kind = str(doc["cmd_id"]), str(doc["device_id"]), doc["kind"]
-            deadline = datetime.fromisoformat(doc["deadline"]).timestamp()
+            due = datetime.fromisoformat(doc["deadline"])
+            if due.tzinfo is None:  # else it would be read in the gateway's local time
+                raise ValueError(f"deadline {doc['deadline']!r} has no UTC offset")
             if kind == "v2":
                 topic = f"iot/{device}/command"
-                body = {"v": 2, "cmd_id": cmd_id, "ts": iso(datetime.now(UTC)), "cmd": doc["cmd"],
+                body = {"v": 2, "cmd_id": cmd_id, "ts": iso(self.wall_time()), "cmd": doc["cmd"],
                         "params": doc.get("params", {})}
             elif kind == "f2":
                 topic = str(doc["topic"])
@@ -173,12 +197,17 @@ class CommandRouter(EdgeActor):
             return
         RECEIVED.labels(kind).inc()
         self.pending += 1
-        self.queue.add(cmd_id, device, deadline, topic, json.dumps(body).encode(), time.time())
+        # The time left is read once, on the system clock (the server's deadline is in its
+        # terms), and counted down on the steady one: a later step of the system clock
+        # neither expires the command early nor delivers it late.
+        now = self.now()
+        deadline = now + (due.timestamp() - self.clock.wall())
+        self.queue.add(cmd_id, device, deadline, topic, json.dumps(body).encode(), now)
         _log.info("command_received", cmd_id=cmd_id, device=device, kind=kind)
 
     def _route(self) -> None:
         assert self.queue is not None
-        now = time.time()
+        now = self.now()
         for cmd_id, device, deadline, topic, payload in self.queue.pending():
             if now >= deadline:
                 if now - self.expiring.get(cmd_id, -self.EXPIRY_RETRY_S) >= self.EXPIRY_RETRY_S:
@@ -193,7 +222,7 @@ class CommandRouter(EdgeActor):
 
     def _expire(self, cmd_id: str, device: str, now: float) -> None:
         assert self.queue is not None
-        ack = CommandAck(datetime.fromtimestamp(now, UTC), device, None, None, cmd_id, "expired",
+        ack = CommandAck(self.wall_time(), device, None, None, cmd_id, "expired",
                          "deadline passed before the device could be reached")
         self.expiring[cmd_id] = now
         self.send(self.buffer, AppendLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),),
@@ -214,7 +243,7 @@ class CommandRouter(EdgeActor):
     def _publish_gauges(self) -> None:
         """Once a second (the tick), not per batch: it walks every known device."""
         PENDING.set(self.pending)
-        now = time.time()
+        now = self.now()
         ONLINE.set(sum(1 for d in self.presence if self.online(d, now)))
 
     def health(self) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class Decoder(EdgeActor):
             outcomes = decode_batch(self.dispatcher, self.pack, messages)
         entries: list[tuple[int, bytes]] = []  # Entry or its plain tuple
         seq_state: dict[str, tuple[int, str | None]] = {}
-        seen: dict[str, tuple[float, str | None]] = {}
+        seen: dict[str, str | None] = {}
         acks: list[DeviceAck] = []
         decoded: dict[str, int] = {}  # counters move once per batch: an inc() takes a lock
         records = 0
@@ -176,11 +176,11 @@ class Decoder(EdgeActor):
             decoded[codec] = decoded.get(codec, 0) + 1
             entries.extend(out_entries)  # (priority, body) pairs: what an Entry is
             for status_device, status in statuses:
-                seen[status_device] = (received, status)
+                seen[status_device] = status
             for cmd_id, result in out_acks:
                 acks.append(DeviceAck(cmd_id, result))
             if device is not None and device not in seen:
-                seen[device] = (received, None)
+                seen[device] = None
             records += n
             if quarantine is not None:
                 entries.append(self._quarantined(topic, quarantine))

@@ -38,7 +38,7 @@ from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
 from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory, topic_matches
-from edge.runtime import log
+from edge.runtime import clock, log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
@@ -159,7 +159,7 @@ class MqttSource(EdgeActor):
         topic = message.topic
         payload = message.payload
         with self.lock:
-            self.pending.append((message.mid, topic, payload, time.time()))
+            self.pending.append((message.mid, topic, payload, clock.wall()))  # data: the system clock
             if message.dup:
                 self.pending_dup.append(message.mid)
             self.pending_bytes += len(payload)

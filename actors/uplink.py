@@ -36,7 +36,7 @@ from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import UplinkConfig
 from edge.io.link import Link
-from edge.runtime import log
+from edge.runtime import clock, log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
@@ -136,7 +136,7 @@ class Uplink(EdgeActor):
             self.tell_self(_Tick())
 
     def _status(self, state: str, **extra: Any) -> bytes:
-        return json.dumps({"gateway_id": self.gateway_id, "status": state, "ts": time.time(),
+        return json.dumps({"gateway_id": self.gateway_id, "status": state, "ts": clock.wall(),
                            **extra}).encode()
 
     def handle(self, message: Any) -> Any:

@@ -279,7 +279,9 @@ class BufferConfig:
     keeps the messages: back-pressure) or ``drop-oldest`` (delete the oldest telemetry,
     count it, send a gap record upstream; rows the uplink has in flight are never dropped,
     so the quota can be exceeded by its window). ``ttl_s`` > 0 also drops telemetry older
-    than that (by wall clock, which jumps on a Pi at boot: off by default).
+    than that (off by default). Ages are measured on a steady clock: a step of the system
+    clock (NTP after a Pi booted on a stale time, an operator) neither expires the backlog
+    nor keeps it longer; a step while the gateway is stopped counts as time passed.
     """
 
     path: str = _checked("/var/lib/edge/buffer.db", _check_path)

@@ -18,7 +18,7 @@ import sqlite3
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ from edge.codecs.uplink import from_wire, to_wire
 from edge.errors import InputError
 from edge.io.sqlite import disk_full, immediate, insert_rows, open_wal
 from edge.runtime import log
+from edge.runtime.clock import Steady
 
 _log = log.get(__name__)
 
@@ -107,15 +108,23 @@ class BufferDB:
     """The buffer's storage logic. One owner thread (the Buffer actor, or a CLI)."""
 
     def __init__(self, path: str, durability: str = "power-safe", quota_bytes: int = 1024**3,
-                 policy: str = "reject", clock: Any = time.time) -> None:
+                 policy: str = "reject", clock: Callable[[], float] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside = check_integrity(self.path)
         self.conn = open_wal(str(self.path), durability, shared=True)
         self.quota_bytes = quota_bytes
         self.policy = policy
-        self.clock = clock
         self._migrate()
+        # Rows are stamped and aged on a steady clock (edge.runtime.clock): a step of the
+        # system clock neither expires the backlog nor makes it younger. Gap records carry
+        # the system clock's time, as data.
+        clock = clock if clock is not None else Steady()
+        if isinstance(clock, Steady):
+            last = self.conn.execute("SELECT stored_at FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+            clock.catch_up(last[0] if last else 0.0)
+        self.clock = clock
+        self.wall: Callable[[], float] = getattr(clock, "wall", clock)
         meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
         self.boot_epoch = int(meta.get("boot_epoch", 0)) + 1
         top = self.conn.execute("SELECT max(seq) FROM records").fetchone()[0]
@@ -202,7 +211,7 @@ class BufferDB:
         rows = []
         seq = self.next_seq
         if dropped is not None:
-            gap = msgpack.packb(gap_record(now, dropped[0], dropped[1], dropped[2]), use_bin_type=True)
+            gap = msgpack.packb(gap_record(self.wall(), dropped[0], dropped[1], dropped[2]), use_bin_type=True)
             rows.append((seq, self.boot_epoch, PRIORITY_HIGH, gap, len(gap) + ROW_OVERHEAD, now))
             seq += 1
         epoch = self.boot_epoch
@@ -302,8 +311,8 @@ class BufferDB:
 
     def expire(self, ttl_s: float) -> int:
         """Delete telemetry stored more than ``ttl_s`` ago and not leased to the uplink
-        (wall clock: off by default, as a Pi's clock jumps at boot); count it as dropped and
-        store a gap record for it."""
+        (by the steady clock, which a step of the system clock does not move); count it as
+        dropped and store a gap record for it."""
         if ttl_s <= 0:
             return 0
         now = self.clock()
@@ -314,7 +323,7 @@ class BufferDB:
             (PRIORITY_TELEMETRY, cutoff, self.cursor[PRIORITY_TELEMETRY])).fetchone()
         if not count:
             return 0
-        gap = msgpack.packb(gap_record(now, first, last, count, "ttl"), use_bin_type=True)
+        gap = msgpack.packb(gap_record(self.wall(), first, last, count, "ttl"), use_bin_type=True)
         seq = self.next_seq
         conn = self.conn
         with self._transaction():

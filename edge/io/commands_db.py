@@ -1,5 +1,6 @@
 """The gateway's command queue in SQLite: downlink commands survive a restart until they are
-delivered, acknowledged or expired (the CommandRouter actor decides which)."""
+delivered, acknowledged or expired (the CommandRouter actor decides which). Its times
+(deadline, received_at, delivered_at) are on the router's steady clock (edge.runtime.clock)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ class CommandQueue:
         yield from self.conn.execute(
             "SELECT cmd_id, device_id, deadline, topic, payload FROM commands "
             "WHERE state = 'pending' ORDER BY received_at").fetchall()
+
+    def latest(self) -> float:
+        """The latest time this queue stored (received or delivered at), 0.0 when empty."""
+        row = self.conn.execute("SELECT max(coalesce(max(received_at), 0), coalesce(max(delivered_at), 0)) "
+                                "FROM commands").fetchone()
+        return float(row[0] or 0.0)
 
     def count_pending(self) -> int:
         return self.conn.execute("SELECT count(*) FROM commands WHERE state = 'pending'").fetchone()[0]

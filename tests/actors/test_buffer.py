@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from fakes import Clocks
 
 from edge.actors.buffer import PRIORITY_HIGH, PRIORITY_TELEMETRY, BufferDB, Entry
 from edge.codecs import uplink
@@ -174,6 +175,30 @@ def test_ttl_drops_old_telemetry_with_a_gap_and_keeps_events(tmp_path):
     assert (gap.first_seq, gap.last_seq, gap.count, gap.reason) == (1, 3, 3, "ttl")
     assert db.dropped_total == 3 and db.depth == 4
     db.close()
+
+
+def test_a_step_of_the_system_clock_neither_expires_the_backlog_nor_makes_it_younger(tmp_path):
+    clocks = Clocks()
+    path = str(tmp_path / "b.db")
+    db = BufferDB(path, clock=clocks.steady())
+    db.append(entries(3), {}, 1, 1)  # seqs 1..3
+    clocks.step(86_400)  # the system clock set a day forward: the rows are still seconds old
+    assert db.expire(3_600) == 0 and db.stats()["oldest_age_s"] == 0
+    clocks.advance(1_800)
+    db.append(entries(2), {}, 1, 2)  # seqs 4, 5, half an hour later
+    db.close()
+    clocks.step(-86_400 - 3_600)  # and an hour behind where it began, while the gateway is stopped
+    again = BufferDB(path, clock=clocks.steady())
+    assert again.stats()["oldest_age_s"] == 1_800  # not younger: the new clock caught up
+    clocks.advance(1_801)
+    assert again.expire(3_600) == 3  # the first rows are an hour old now, by the time that passed
+    telemetry = [r[0] for r in again.conn.execute(
+        "SELECT seq FROM records WHERE priority = ? ORDER BY seq", (PRIORITY_TELEMETRY,))]
+    assert telemetry == [4, 5]
+    (gap,) = uplink.decode(uplink.encode_packed("gw", 1, [6], [again.conn.execute(
+        "SELECT body FROM records WHERE seq = 6").fetchone()[0]])).records
+    assert gap.time.timestamp() == clocks.system  # a gap record is data: the system clock's time
+    again.close()
 
 
 def test_a_batch_larger_than_the_whole_quota_is_stored_when_the_buffer_is_empty_never_blocking(tmp_path):

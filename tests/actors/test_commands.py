@@ -5,12 +5,11 @@ tests/integration/test_gateway_commands.py)."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import msgpack
 import pytest
-from fakes import FakeSessions, context
+from fakes import Clocks, FakeSessions, context
 
 from edge.actors.buffer import PRIORITY_HIGH, AppendLocal, LocalAppended
 from edge.actors.commands import CommandRouter, DeviceAck, Downlink, Presence, _Tick
@@ -18,10 +17,12 @@ from edge.codecs.uplink import from_wire
 from edge.config import MqttConfig
 
 
-def command(cmd_id: str, device: str = "pm-1", in_s: float = 60, **extra) -> Downlink:
+def command(cmd_id: str, device: str = "pm-1", in_s: float = 60, at: float | None = None,
+            **extra) -> Downlink:
+    """A v2 command due ``in_s`` after now (``at``, the server's clock; the real one unless given)."""
+    now = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
     doc = {"cmd_id": cmd_id, "device_id": device, "kind": "v2", "cmd": "update_config",
-           "params": {"interval": 5},
-           "deadline": (datetime.now(UTC) + timedelta(seconds=in_s)).isoformat()} | extra
+           "params": {"interval": 5}, "deadline": (now + timedelta(seconds=in_s)).isoformat()} | extra
     return Downlink(json.dumps(doc).encode())
 
 
@@ -29,10 +30,11 @@ def command(cmd_id: str, device: str = "pm-1", in_s: float = 60, **extra) -> Dow
 def router(tmp_path):
     made = []
 
-    def make(path=tmp_path / "commands.db"):
+    def make(path=tmp_path / "commands.db", clock=None):
         ctx, peers = context("commands", "buffer")
         sessions = FakeSessions()
-        actor = CommandRouter(ctx, MqttConfig(), "gw-cmd", str(path), offline_after_s=60, session=sessions)
+        actor = CommandRouter(ctx, MqttConfig(), "gw-cmd", str(path), offline_after_s=60, session=sessions,
+                              clock=clock)
         actor.on_start()
         made.append(actor)
         return actor, sessions.last, peers["buffer"]
@@ -43,7 +45,7 @@ def router(tmp_path):
 
 
 def online(device: str = "pm-1") -> Presence:
-    return Presence({device: (time.time(), None)})
+    return Presence({device: None})
 
 
 def test_a_command_for_an_online_device_is_published_once_with_an_expiry_at_its_deadline(router):
@@ -73,10 +75,10 @@ def test_a_command_waits_for_its_device_and_for_the_broker(router):
 def test_a_device_offline_by_its_status_gets_nothing_until_it_is_seen_again(router):
     actor, session, _ = router()
     session.connect()
-    actor.handle(Presence({"pm-1": (time.time(), "offline")}))
+    actor.handle(Presence({"pm-1": "offline"}))
     actor.handle(command("c-3"))
     assert session.published == []
-    actor.handle(Presence({"pm-1": (time.time(), None)}))
+    actor.handle(Presence({"pm-1": None}))
     assert len(session.published) == 1
 
 
@@ -136,6 +138,8 @@ def test_an_expiry_answer_the_full_buffer_refused_is_made_again_later(router):
     json.dumps({"cmd_id": "x", "device_id": "f2-1", "kind": "f2", "deadline": "2030-01-01T00:00:00Z",
                 "topic": "cmnd/f2-OTHER/relay", "payload": {}}).encode(),
     json.dumps({"cmd_id": "x", "device_id": "pm-1", "kind": "v9", "deadline": "2030-01-01T00:00:00Z"}).encode(),
+    json.dumps({"cmd_id": "x", "device_id": "pm-1", "kind": "v2", "cmd": "reboot",
+                "deadline": "2030-01-01T00:00:00"}).encode(),  # no offset: whose local time?
 ])
 def test_an_invalid_command_is_refused_and_the_next_one_flows(router, doc):
     actor, session, _ = router()
@@ -158,3 +162,40 @@ def test_a_pending_command_survives_a_restart_and_a_device_ack_closes_it(router,
     second.handle(DeviceAck("c-6", "accepted"))
     row = second.queue.conn.execute("SELECT state, result FROM commands WHERE cmd_id = 'c-6'").fetchone()
     assert tuple(row) == ("acked", "accepted")
+
+
+def test_a_step_of_the_system_clock_neither_expires_a_command_early_nor_delivers_it_late(router):
+    clocks = Clocks()
+    actor, session, buffer = router(clock=clocks.steady())
+    actor.handle(command("c-10", in_s=120, at=clocks.system))
+    actor.handle(command("c-11", in_s=30, at=clocks.system))
+    clocks.step(86_400)  # a day forward: both deadlines are past by the system clock
+    actor.handle(_Tick())
+    assert _expiry_answers(buffer) == []
+    clocks.step(-86_400 - 3_600)  # then an hour back: both look an hour further off
+    clocks.advance(31)  # but c-11's 30 s are over
+    actor.handle(_Tick())
+    assert [a.receipt[1] for a in _expiry_answers(buffer)] == ["c-11"]
+    (answer,) = _expiry_answers(buffer)
+    ack = from_wire(msgpack.unpackb(answer.entries[0].body))
+    assert ack.time.timestamp() == clocks.system  # the answer's time is data: the system clock's
+    session.connect()
+    actor.handle(online())
+    (sent,) = session.published
+    assert json.loads(sent.payload)["cmd_id"] == "c-10" and sent.expiry_s == 89
+
+
+def test_how_long_ago_a_device_was_heard_is_not_moved_by_a_step_of_the_system_clock(router):
+    clocks = Clocks()
+    actor, session, _ = router(clock=clocks.steady())  # offline after 60 s of silence
+    session.connect()
+    actor.handle(online())
+    clocks.step(86_400)  # a day forward: the device was heard a moment ago, not a day
+    actor.handle(command("c-12", at=clocks.system))
+    assert [json.loads(p.payload)["cmd_id"] for p in session.published] == ["c-12"]
+    clocks.step(-86_400 - 3_600)  # an hour back: its last message is not an hour in the future
+    clocks.advance(61)
+    actor.handle(command("c-13", at=clocks.system))
+    assert len(session.published) == 1  # silent for 61 s: offline, so c-13 waits
+    actor.handle(online())
+    assert len(session.published) == 2

@@ -330,3 +330,34 @@ def tally_rows_any(site: Site) -> int:
         return 0
     finally:
         conn.close()
+
+
+@pytest.mark.gateway_config({"buffer": {"ttl_s": 3_600.0}})
+def test_the_system_clock_set_back_an_hour_and_forward_a_day_under_a_backlog_expires_and_loses_nothing(site):
+    """Through a real gateway process whose system clock is stepped (EDGE_FAULT_CLOCK_FILE)
+    while a backlog waits for the central broker: with the TTL measured on the system clock
+    the day forward expired the whole backlog."""
+    offset = site.tmp / "clock-offset"
+    offset.write_text("0")
+    site.start("receiver")
+    site.start("gateway", env={"EDGE_FAULT_CLOCK_FILE": str(offset)})
+    sim = site.simulate(count=200 * 30, rate=200, kind="mix")
+    wait_until(lambda: site.metrics().get("edge_source_messages_acked_total", 0) > 500, 30, "traffic flowing")
+    services("down", "central-mqtt")
+    wait_until(lambda: site.metrics()["edge_buffer_depth_records"] > 1_000, 30, "a backlog")
+    log = site.tmp / "gateway.log"
+
+    def steps() -> int:
+        return log.read_text().count("event=clock_stepped")
+
+    offset.write_text("-3600")
+    wait_until(lambda: steps() == 1, 30, "the step back seen by the gateway")
+    offset.write_text("86400")
+    wait_until(lambda: steps() == 2, 30, "the step forward seen by the gateway")  # the TTL check follows it
+    services("up", "central-mqtt")
+    assert sim.wait(timeout=120) == 0, sim.stderr.read()
+    drained(site)
+    assert_exactly_once(site)
+    metrics = site.metrics()
+    assert metrics["edge_clock_steps_total"] == 2 and metrics["edge_clock_step_seconds"] == pytest.approx(86_400, abs=5)
+    assert metrics.get("edge_buffer_records_dropped_total", 0) == 0 and "event=buffer_expired" not in log.read_text()

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from edge.runtime.actor import ActorContext, ActorHandle
+from edge.runtime.clock import Steady
 
 
 class Recorder:
@@ -109,3 +110,22 @@ class FakeSessions:
     @property
     def last(self) -> FakeSession:
         return self.made[-1]
+
+
+class Clocks:
+    """A system clock and a monotonic clock a test moves by hand: ``advance`` is time
+    passing (both move), ``step`` is the system clock set (NTP, an operator: only it moves).
+    ``steady`` makes an ``edge.runtime.clock.Steady`` on them."""
+
+    def __init__(self, system: float = 1_780_000_000.0) -> None:
+        self.system, self.monotonic = system, 5_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.system += seconds
+        self.monotonic += seconds
+
+    def step(self, seconds: float) -> None:
+        self.system += seconds
+
+    def steady(self) -> Steady:
+        return Steady(system=lambda: self.system, monotonic=lambda: self.monotonic)
