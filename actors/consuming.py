@@ -34,8 +34,6 @@ assigned but silent: it costs broker calls only while the consumer is idle.
 
 from __future__ import annotations
 
-import os
-import random
 import threading
 import time
 from collections import deque
@@ -50,7 +48,7 @@ from edge.config import KafkaConfig
 from edge.errors import ServiceUnavailable
 from edge.io import kafka as kafka_io
 from edge.io.kafka import Delivery, KafkaRecord, Partition, RebalanceListener, consumer, producer
-from edge.runtime import log
+from edge.runtime import faults, log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
 
@@ -74,11 +72,6 @@ DLQ = Counter("edge_dlq_records", "Records sent to a dead-letter topic", ["topic
 PAUSED = Gauge("edge_consumer_paused", "1 while consumption is paused waiting for a dependency",
                ["group"])
 
-
-# Fault injection for the loss tests only: with this probability, the process exits right
-# after a batch became durable and before its offsets are committed (the window that
-# replays a batch). Unset in any real deployment.
-_EXIT_BEFORE_COMMIT = float(os.environ.get("EDGE_FAULT_EXIT_BEFORE_COMMIT", "0") or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,10 +304,7 @@ class ConsumingActor(EdgeActor):
             return False
         PROCESS_SECONDS.labels(self.group).observe(seconds)
         BATCH_RECORDS.labels(self.group).observe(len(batch))
-        if _EXIT_BEFORE_COMMIT and random.random() < _EXIT_BEFORE_COMMIT:
-            _log.warning("fault_injected", actor=self.name, fault="exit before offset commit",
-                         records=len(batch))
-            os._exit(86)
+        faults.BEFORE_COMMIT.maybe(actor=self.name, records=len(batch))  # tests only
         try:
             self.committed.update(kafka_io.commit(self.consumer, batch))
             COMMITTED.labels(self.group).inc(len(batch))

@@ -36,7 +36,7 @@ from edge.codecs.errors import UplinkFrameError
 from edge.config import MqttConfig, ReceiverConfig
 from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory
 from edge.io.store import RecordStore, confirmation, refusal
-from edge.runtime import log
+from edge.runtime import faults, log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
@@ -136,6 +136,7 @@ class UplinkReceiver(EdgeActor):
             return
         with WRITE_SECONDS.time():
             self.store.write([b for _, _, b in good])  # durable on return; raising = unacked
+        faults.BEFORE_CONFIRM.maybe(actor=self.name, frames=len(good))  # tests only
         session.ack([mid for mid, _, _ in good])  # one write for what was stored together
         for _, gateway, batch in good:
             FRAMES.inc()

@@ -25,8 +25,6 @@ buffer says it has ``Room`` again, or at the latest after a backoff (doubling to
 from __future__ import annotations
 
 import itertools
-import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -38,17 +36,12 @@ from edge.actors.buffer import Committed, Refused, Room
 from edge.actors.decoder import Incoming
 from edge.config import MqttConfig, SourceConfig
 from edge.io.mqtt import Inbound, MqttSession, Session, SessionFactory, topic_matches
-from edge.runtime import clock, log
+from edge.runtime import clock, faults, log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
 
 RECEIVED = Counter("edge_source_messages_received", "Messages received from the site broker", ["filter"])
-# Fault injection for the loss tests only: with this probability the process exits right
-# after the buffer committed a batch and before its PUBACKs (the window in which the site
-# broker delivers the batch again). Unset in any real deployment.
-_EXIT_BEFORE_ACK = float(os.environ.get("EDGE_FAULT_EXIT_BEFORE_ACK", "0") or 0)
-
 ACKED = Counter("edge_source_messages_acked", "Messages acked to the site broker after commit")
 RECONNECTS = Counter("edge_source_reconnects", "Reconnects forced to get unacked messages redelivered",
                      ["reason"])
@@ -226,9 +219,7 @@ class MqttSource(EdgeActor):
             case Committed(mids, generation, batch):
                 if generation != self.generation or self.session is None:
                     return None  # an old connection's: those come again
-                if _EXIT_BEFORE_ACK and random.random() < _EXIT_BEFORE_ACK:
-                    _log.warning("fault_injected", actor=self.name, fault="exit before PUBACK", messages=len(mids))
-                    os._exit(86)
+                faults.BEFORE_ACK.maybe(actor=self.name, messages=len(mids))  # tests only
                 self.session.ack(mids)  # one write for the batch
                 ACKED.inc(len(mids))
                 with self.lock:

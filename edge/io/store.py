@@ -157,10 +157,10 @@ class SqliteStore:
             self.conn.execute("INSERT INTO rejected_frames (received_at, topic, frame, reason, detail) "
                               "VALUES (?, ?, ?, ?, ?)", (time.time(), topic, kept, reason, detail))
 
-    def rows_per_reading(self) -> dict[tuple[str, str], int]:
-        """Measurement rows per (device, time): what a ledger compares with what was sent."""
-        return {(d, t): n for d, t, n in self.conn.execute(
-            "SELECT device_id, time, count(*) FROM iot_measurements GROUP BY device_id, time")}
+    def measurements(self) -> list[tuple[str, str, str, float]]:
+        """Every measurement row as (device, time, label, value): what a ledger compares
+        with what was sent."""
+        return self.conn.execute("SELECT device_id, time, label, value FROM iot_measurements").fetchall()
 
     def count_events(self, kind: str) -> int:
         return self.conn.execute("SELECT count(*) FROM events WHERE type = ?", (kind,)).fetchone()[0]

@@ -4,8 +4,9 @@ Kinds: ``f2`` (sensor frames built from the registry's templates, on the registr
 controllers and pins), ``v2`` (power meters: hello at seq 0, then telemetry with seq and
 3 measurements), ``homelab`` (energy meters), ``mix`` (all three in turn). Every message
 has a timestamp of its own (a run's clock advances 1 µs per message), so the ledger line
-``{"device_id", "time", "records", "topic", "seq"}`` names exactly the rows it must
-produce in the store. A ledger line is written only once the broker acknowledged the
+``{"device_id", "time", "records", "values", "topic", "seq"}`` names exactly the rows it
+must produce in the store, by identity (device, time) and by value (``values``: label ->
+value; ``edge.tools.ledger`` compares them). A ledger line is written only once the broker acknowledged the
 message (QoS 1 PUBACK): the ledger holds what the site broker accepted.
 ``--malformed P`` makes P % of the messages garbage on real topics (ledger: ``"malformed": true``).
 """
@@ -87,7 +88,9 @@ class Traffic:
         payload = json.dumps({"timestamp": t.strftime("%Y-%m-%d %H:%M:%S.%f"), "data": data})
         topic = f"tele/f2-{mac}/sensor-mode/J{connector}/sensor-{position}"
         return Publish(topic, payload.encode(), {"device_id": f"f2-{mac}", "time": iso(t),
-                                                 "records": len(template.points), "topic": topic})
+                                                 "records": len(template.points), "topic": topic,
+                                                 "values": {p.dp.label: values[p.dp.label]
+                                                            for p in template.points}})
 
     def _v2(self, device: int) -> Publish:
         device_id = f"{self.device_prefix}-{device:04d}"
@@ -108,7 +111,7 @@ class Traffic:
                "measurements": ms}
         topic = f"iot/{device_id}/telemetry"
         return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
-                       "records": 3, "topic": topic, "seq": seq})
+                       "records": 3, "topic": topic, "seq": seq, "values": {m["type"]: m["val"] for m in ms}})
 
     def _homelab(self, device: int) -> Publish:
         t = self._tick()
@@ -117,7 +120,7 @@ class Traffic:
                "current": round(self.rng.uniform(0, 30), 1)}
         topic = f"homelab/energy/meter{device}"
         return Publish(topic, json.dumps(doc).encode(), {"device_id": f"meter{device}", "time": iso(t),
-                       "records": 4, "topic": topic})
+                       "records": 4, "topic": topic, "values": {k: v for k, v in doc.items() if k != "timestamp"}})
 
     def _malformed(self, device: int) -> Publish:
         t = self._tick()

@@ -361,3 +361,33 @@ def test_the_system_clock_set_back_an_hour_and_forward_a_day_under_a_backlog_exp
     metrics = site.metrics()
     assert metrics["edge_clock_steps_total"] == 2 and metrics["edge_clock_step_seconds"] == pytest.approx(86_400, abs=5)
     assert metrics.get("edge_buffer_records_dropped_total", 0) == 0 and "event=buffer_expired" not in log.read_text()
+
+
+def test_a_receiver_that_dies_between_its_write_and_its_confirmation_stores_every_kind_once(site):
+    """The receiver exits (os._exit, as kill -9) right after its store's commit, before it
+    acks the frames to the central broker and confirms them: the broker and the gateway send
+    them again. F2 frames, v2 telemetry and hellos, homelab readings and quarantined
+    messages are each stored once, by identity and by value."""
+    fault = {"EDGE_FAULT_EXIT_BEFORE_CONFIRM": "0.04"}
+    site.start("receiver", env=fault, may_exit=True)
+    site.start("gateway")
+    sim = site.simulate(count=150 * 25, rate=150, kind="mix", malformed=3.0)
+    exits = 0
+    while sim.poll() is None:
+        proc = site.processes["receiver"]
+        if proc.poll() is not None:
+            assert proc.returncode == 86, (site.tmp / "receiver.log").read_text()[-2000:]
+            exits += 1
+            site.start("receiver", env=fault if exits < 8 else None, may_exit=True)
+        time.sleep(0.1)
+    assert sim.returncode == 0, sim.stderr.read()
+    assert exits >= 2, f"the receiver died {exits} times: the window was hardly hit"
+    if site.processes["receiver"].poll() is not None:
+        site.start("receiver")
+    site.kill("receiver", signal.SIGTERM)
+    site.start("receiver")  # without the fault: what is left drains
+    drained(site)
+    assert_exactly_once(site)
+    t = tally(site.ledger, site.store_db)
+    wait_until(lambda: tally(site.ledger, site.store_db).quarantined == t.malformed_expected, 30,
+               "every malformed message quarantined once")
