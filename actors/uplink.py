@@ -36,7 +36,7 @@ from edge.codecs import uplink as frames
 from edge.codecs.errors import UplinkFrameError
 from edge.config import UplinkConfig
 from edge.io.link import Link
-from edge.runtime import clock, log
+from edge.runtime import clock, faults, log
 from edge.runtime.actor import ActorContext, EdgeActor
 
 _log = log.get(__name__)
@@ -231,6 +231,7 @@ class Uplink(EdgeActor):
         else:
             CONFIRM_SECONDS.observe(time.monotonic() - entry.sent_at)
             RECORDS_CONFIRMED.inc(len(entry.seqs))
+        faults.BEFORE_DELETE.maybe(actor=self.name, records=len(entry.seqs))  # tests only
         self.send(self.buffer, Confirm(entry.seqs))
 
     def _on_tick(self) -> None:
