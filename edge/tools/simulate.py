@@ -2,13 +2,14 @@
 
 Kinds: ``f2`` (sensor frames built from the registry's templates, on the registry's
 controllers and pins), ``v2`` (power meters: hello at seq 0, then telemetry with seq and
-3 measurements), ``homelab`` (energy meters), ``mix`` (all three in turn). Every message
-has a timestamp of its own (a run's clock advances 1 µs per message), so the ledger line
-``{"device_id", "time", "records", "values", "topic", "seq"}`` names exactly the rows it
-must produce in the store, by identity (device, time) and by value (``values``: label ->
-value; ``edge.tools.ledger`` compares them). A ledger line is written only once the broker acknowledged the
-message (QoS 1 PUBACK): the ledger holds what the site broker accepted.
-``--malformed P`` makes P % of the messages garbage on real topics (ledger: ``"malformed": true``).
+3 measurements, every fourth message a hello again), ``homelab`` (energy meters), ``mix``
+(all three in turn). Every message has a timestamp of its own (a run's clock advances 1 µs
+per message), so the ledger line ``{"device_id", "time", "records", "values", "topic",
+"seq"}`` names exactly the rows it must produce in the store, by identity (device, time)
+and by value (``values``: label -> value; ``edge.tools.ledger`` compares them). A ledger
+line is written only once the broker acknowledged the message (QoS 1 PUBACK): the ledger
+holds what the site broker accepted. ``--malformed P`` makes P % of the messages garbage
+on real topics (ledger: ``"malformed": true``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from edge.codecs.records import iso
 from edge.codecs.template import CompiledTemplate
 from edge.config import MqttConfig
 from edge.io.mqtt import PahoClient, make_client
+
+HELLO_EVERY = 4  # a v2 meter's messages: hello at power-on, then 3 telemetry to 1 hello
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,12 @@ class Traffic:
             return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
                            "records": 0, "events": 1, "topic": topic, "seq": 0})
         seq = self.v2_seq[device_id] = (seq + 1) % 2**32
+        if seq % HELLO_EVERY == 0:  # hello every 30 s beside telemetry every 10 s (docs/protocols.md)
+            doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": seq, "msg_type": "hello",
+                   "fw_version": "2.4.1", "uptime_s": 1 + seq * 10, "broker_connections": 1, "buf_usage_pct": 0.0}
+            topic = f"iot/{device_id}/hello"
+            return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
+                           "records": 0, "events": 1, "topic": topic, "seq": seq})
         ms = [{"ts": iso(t), "type": "voltage_dc", "val": round(self.rng.uniform(700, 800), 1), "unit": "V"},
               {"ts": iso(t), "type": "current_dc", "val": round(self.rng.uniform(200, 400), 1), "unit": "A"},
               {"ts": iso(t), "type": "temperature", "val": round(self.rng.uniform(20, 60), 1), "unit": "Cel"}]

@@ -16,7 +16,18 @@ import subprocess
 import time
 
 import pytest
-from harness import EDGE, Site, assert_exactly_once, drained, integrity, publish, services, tally, wait_until
+from harness import (
+    EDGE,
+    Site,
+    assert_exactly_once,
+    drained,
+    integrity,
+    keep_dying,
+    publish,
+    services,
+    tally,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -363,25 +374,6 @@ def test_the_system_clock_set_back_an_hour_and_forward_a_day_under_a_backlog_exp
     assert metrics.get("edge_buffer_records_dropped_total", 0) == 0 and "event=buffer_expired" not in log.read_text()
 
 
-def _dying(site: Site, role: str, variable: str, sim: subprocess.Popen, exits_max: int = 8) -> int:
-    """Keep ``role`` running with the fault ``variable`` set while the simulator runs: each
-    time it exits at its window (code 86) start it again, without the fault after
-    ``exits_max`` exits; then a clean restart drains what is left. Returns the exits."""
-    fault = {variable: "0.04"}  # as the test started it
-    exits = 0
-    while sim.poll() is None:
-        proc = site.processes[role]
-        if proc.poll() is not None:
-            assert proc.returncode == 86, (site.tmp / f"{role}.log").read_text()[-2000:]
-            exits += 1
-            site.start(role, healthy=False, env=fault if exits < exits_max else None, may_exit=True)
-        time.sleep(0.1)
-    assert sim.returncode == 0, sim.stderr.read()
-    site.kill(role, signal.SIGTERM)
-    site.start(role)
-    return exits
-
-
 @pytest.mark.parametrize("role, variable", [("receiver", "EDGE_FAULT_EXIT_BEFORE_CONFIRM"),
                                             ("gateway", "EDGE_FAULT_EXIT_BEFORE_DELETE")])
 def test_a_hop_that_dies_between_its_durable_write_and_telling_the_sender_stores_every_kind_once(
@@ -395,7 +387,7 @@ def test_a_hop_that_dies_between_its_durable_write_and_telling_the_sender_stores
     site.start("receiver", env=fault if role == "receiver" else None, may_exit=True)
     site.start("gateway", env=fault if role == "gateway" else None, may_exit=True)
     sim = site.simulate(count=150 * 25, rate=150, kind="mix", malformed=3.0)
-    exits = _dying(site, role, variable, sim)
+    exits = keep_dying(site, role, variable, sim)
     assert exits >= 2, f"the {role} died {exits} times: the window was hardly hit"
     drained(site)
     assert_exactly_once(site)

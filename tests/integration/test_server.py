@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from harness import EDGE, REPO, Server, Site, make_server, services, settle, tally_pg, to_toml, wait_until
+from harness import EDGE, REPO, Server, Site, keep_dying, make_server, services, settle, tally_pg, to_toml, wait_until
 from harness import assert_exactly_once_pg as assert_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -194,6 +194,20 @@ def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows
             proc.kill()  # a sink left running would compete with the next test's
             proc.wait(timeout=30)
         server.drop()
+
+
+def test_a_receiver_that_dies_between_its_kafka_write_and_its_confirmation_stores_every_kind_once(site, server):
+    """The server's receiver exits (os._exit, as kill -9) once Kafka acknowledged its frames
+    and before it acks them to the central broker and confirms them: the frames come again
+    and are produced twice. F2 frames, v2 telemetry and hellos and homelab readings reach
+    PostgreSQL once each, by identity and by value."""
+    site.start("server", env={"EDGE_FAULT_EXIT_BEFORE_CONFIRM": "0.04"}, may_exit=True)
+    site.start("gateway")
+    sim = site.simulate(150 * 25, 150, kind="mix")
+    exits = keep_dying(site, "server", "EDGE_FAULT_EXIT_BEFORE_CONFIRM", sim, exits_max=5)
+    assert exits >= 2, f"the receiver died {exits} times: the window was hardly hit"
+    settle(site, server)
+    assert_exactly_once(site, server)
 
 
 def _port() -> int:

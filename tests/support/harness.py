@@ -132,6 +132,25 @@ class Site:
         return out
 
 
+def keep_dying(site: Site, role: str, variable: str, sim: subprocess.Popen, exits_max: int = 8) -> int:
+    """Keep ``role`` (started with the fault ``variable``) running while the simulator runs:
+    each time it exits at its window (code 86) start it again, without the fault after
+    ``exits_max`` exits; then a clean restart finishes the job. Returns the exits."""
+    fault = {variable: "0.04"}
+    exits = 0
+    while sim.poll() is None:
+        proc = site.processes[role]
+        if proc.poll() is not None:
+            assert proc.returncode == 86, (site.tmp / f"{role}.log").read_text()[-2000:]
+            exits += 1
+            site.start(role, healthy=False, env=fault if exits < exits_max else None, may_exit=True)
+        time.sleep(0.1)
+    assert sim.returncode == 0, sim.stderr.read()
+    site.kill(role, signal.SIGTERM)
+    site.start(role)
+    return exits
+
+
 def drop_session(port: int, client_id: str) -> None:
     """Connect with clean start and session expiry 0: the broker forgets the session."""
     import paho.mqtt.client as mqtt
