@@ -38,7 +38,7 @@ import pykka
 from prometheus_client import Gauge
 
 from edge.codecs.batch import PRIORITY_HIGH, PRIORITY_TELEMETRY
-from edge.io.buffer_db import BufferDB, DiskFull, Entry, Leased
+from edge.io.buffer_db import RESERVE_BYTES, BufferDB, DiskFull, Entry, Leased
 from edge.runtime import log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.clock import Steady
@@ -184,9 +184,11 @@ class Buffer(EdgeActor):
     EXPIRE_EVERY_S = 10.0
 
     def __init__(self, ctx: ActorContext, path: str, durability: str, quota_bytes: int,
-                 policy: str, ttl_s: float = 0.0, source: str = "source", uplink: str = "uplink") -> None:
+                 policy: str, ttl_s: float = 0.0, source: str = "source", uplink: str = "uplink",
+                 reserve_bytes: int = RESERVE_BYTES) -> None:
         super().__init__(ctx)
         self.args = (path, durability, quota_bytes, policy)
+        self.reserve_bytes = reserve_bytes
         self.ttl_s = ttl_s
         self.next_expiry = 0.0
         self.source, self.uplink = source, uplink
@@ -196,7 +198,7 @@ class Buffer(EdgeActor):
         self.disk_full = False  # refused one because its filesystem had no room
 
     def on_start(self) -> None:
-        self.db = BufferDB(*self.args)
+        self.db = BufferDB(*self.args, reserve_bytes=self.reserve_bytes)
         _log.info("buffer_opened", **self.db.stats())
 
     def close(self) -> None:
@@ -214,6 +216,8 @@ class Buffer(EdgeActor):
             self.next_expiry = now + self.EXPIRE_EVERY_S
             if isinstance(db.clock, Steady):
                 db.clock.step("buffer")  # logged and counted; rows keep aging on the steady clock
+            if not self.disk_full:
+                db.hold_reserve()  # taken again once there is room for it
             if self.ttl_s:
                 self._freeing(db.expire, self.ttl_s)
         match message:
@@ -289,11 +293,18 @@ class Buffer(EdgeActor):
         self.send(self.uplink, leased)
 
     def _freeing(self, delete: Any, *args: Any) -> bool:
-        """Confirmed, dead-lettered or expired rows deleted; on a full disk they stay (a
-        delete needs room in the log too): confirmed ones are sent again after the next
-        rewind (the receiver keeps each record once), expired ones go at the next try."""
+        """Confirmed, dead-lettered or expired rows deleted. On a full disk (a delete needs
+        room in the log too) the buffer's reserve is given back and the delete tried again;
+        without one the rows stay: confirmed ones are sent again after the next rewind (the
+        receiver keeps each record once), expired ones go at the next try."""
+        assert self.db is not None
         try:
-            delete(*args)
+            try:
+                delete(*args)
+            except DiskFull:
+                if not self.db.release_reserve():
+                    raise
+                delete(*args)  # with the reserve's room
             return True
         except DiskFull as exc:
             held = _disk_lines.allow("delete")

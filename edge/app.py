@@ -140,7 +140,7 @@ def gateway_specs(cfg: Config) -> list[ActorSpec]:
     client_id = cfg.site_broker.client_id or f"edge-{gw}-source"
     return wired([
         ActorSpec("buffer", lambda ctx: Buffer.start(ctx, b.path, b.durability, b.quota_bytes, b.policy,
-                                                           b.ttl_s)),
+                                                           b.ttl_s, reserve_bytes=b.reserve_bytes)),
         ActorSpec("commands", lambda ctx: CommandRouter.start(
             ctx, cfg.site_broker, f"{client_id}-commands", cfg.commands.path,
             cfg.commands.offline_after_s), after=("buffer",)),

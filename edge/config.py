@@ -289,6 +289,9 @@ class BufferConfig:
     quota_bytes: int = _checked(1024**3, _check_positive)
     policy: Literal["reject", "drop-oldest"] = "reject"
     ttl_s: float = _checked(0.0, _check_non_negative)  # 0: off
+    # A file of this size beside the buffer, held while twice as much is free and given back
+    # when the disk is full, so confirmed rows can still be deleted (0: none).
+    reserve_bytes: int = _checked(8 * 1024 * 1024, _check_non_negative)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ timestamped name, reported, and replaced by a new one: never silently deleted.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import time
 from array import array
@@ -41,6 +43,7 @@ _log = log.get(__name__)
 
 SCHEMA_VERSION = 1
 ROW_OVERHEAD = 48  # bytes per row besides the body, for the quota's estimate
+RESERVE_BYTES = 8 * 1024 * 1024  # [buffer] reserve_bytes: room kept back for deletes on a full disk
 # Message fingerprints kept for redeliveries (edge.codecs.batch.Recent): twice the largest
 # receive maximum MQTT allows, 1 MiB on disk; the decoder keeps what it needs of them.
 RECENT_KEPT = 2 * 65_535
@@ -53,6 +56,7 @@ REJECTED = Counter("edge_buffer_batches_rejected",
 COMMITS = Counter("edge_buffer_commits", "Transactions committed")
 DEPTH = Gauge("edge_buffer_depth_records", "Records waiting for confirmation")
 BYTES = Gauge("edge_buffer_bytes", "Estimated bytes of waiting records")
+RESERVE = Gauge("edge_buffer_reserve_held", "1 while the buffer holds its reserve file (room for deletes)")
 OLDEST = Gauge("edge_buffer_oldest_record_timestamp_seconds",
                "When the oldest waiting record was stored (Unix time; 0 when empty)")
 CORRUPT = Counter("edge_buffer_corrupt_databases", "Corrupt databases found at start and moved aside")
@@ -108,9 +112,12 @@ class BufferDB:
     """The buffer's storage logic. One owner thread (the Buffer actor, or a CLI)."""
 
     def __init__(self, path: str, durability: str = "power-safe", quota_bytes: int = 1024**3,
-                 policy: str = "reject", clock: Callable[[], float] | None = None) -> None:
+                 policy: str = "reject", clock: Callable[[], float] | None = None,
+                 reserve_bytes: int = RESERVE_BYTES) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve = self.path.with_name(self.path.name + ".reserve")
+        self.reserve_bytes = reserve_bytes
         self.moved_aside = check_integrity(self.path)
         self.conn = open_wal(str(self.path), durability, shared=True)
         self.quota_bytes = quota_bytes
@@ -133,7 +140,10 @@ class BufferDB:
         self.last_generation = int(meta.get("source_generation", 0))
         self.last_batch = int(meta.get("source_batch", 0))
         self.refused_generations: set[int] = set()
-        self._set_meta(boot_epoch=self.boot_epoch)
+        # The new epoch is saved with the first rows that carry it (``_set_meta``), not here:
+        # opening writes nothing, so a gateway restarted on a full disk starts, says so, and
+        # sends its backlog, instead of failing to start until someone frees space.
+        self._epoch_saved = self._epoch_saving = False
         depth, size = self.conn.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
         self.depth, self.bytes = depth, size
@@ -142,6 +152,42 @@ class BufferDB:
             "SELECT id, length(fingerprints) / 8 FROM recent ORDER BY id"))
         self._recent_total = sum(n for _, n in self._recent_rows)
         self._publish()
+        self.hold_reserve()
+
+    # -- the reserve
+    def hold_reserve(self) -> bool:
+        """Keep ``reserve_bytes`` of the filesystem in a file of the buffer's own, taken
+        only while at least twice that is free: when the buffer itself has filled the disk,
+        giving it back is what lets confirmed rows be deleted (a delete writes to the log
+        too) and ingest resume. True when the reserve is held."""
+        if self.reserve_bytes <= 0 or self.reserve.exists():
+            RESERVE.set(self.reserve.exists())
+            return self.reserve_bytes <= 0 or self.reserve.exists()
+        if shutil.disk_usage(self.reserve.parent).free < 2 * self.reserve_bytes:
+            return False
+        fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, self.reserve_bytes)
+        except OSError as exc:
+            os.close(fd)
+            self.reserve.unlink(missing_ok=True)
+            _log.warning("buffer_reserve_not_taken", path=str(self.reserve), error=str(exc))
+            return False
+        os.close(fd)
+        RESERVE.set(1)
+        _log.info("buffer_reserve_taken", path=str(self.reserve), bytes=self.reserve_bytes)
+        return True
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the filesystem; False when there was none."""
+        if not self.reserve.exists():
+            return False
+        self.reserve.unlink()
+        RESERVE.set(0)
+        _log.warning("buffer_reserve_released", path=str(self.reserve), bytes=self.reserve_bytes,
+                     detail="the disk is full: its room lets confirmed rows be deleted; taken "
+                            "again once twice as much is free")
+        return True
 
     def _migrate(self) -> None:
         db = sqlite_utils.Database(self.conn)
@@ -153,7 +199,7 @@ class BufferDB:
             db["records"].create_index(["priority", "seq"], if_not_exists=True)
             db["seq_state"].create({"device_id": str, "last_seq": int, "boot_ts": str},
                                    pk="device_id", if_not_exists=True)
-            self._set_meta(schema_version=SCHEMA_VERSION)
+            insert_rows(self.conn, "INSERT OR REPLACE INTO meta (key, value)", [("schema_version", SCHEMA_VERSION)])
         if "last_ts" not in db["seq_state"].columns_dict:  # buffers made before it: NULL, as before
             db["seq_state"].add_column("last_ts", str)
         db["recent"].create({"id": int, "fingerprints": bytes}, pk="id", if_not_exists=True)
@@ -162,6 +208,9 @@ class BufferDB:
                                   pk="seq", if_not_exists=True)
 
     def _set_meta(self, **values: int) -> None:
+        if not self._epoch_saved:
+            values["boot_epoch"] = self.boot_epoch
+            self._epoch_saving = True  # saved once the transaction commits (``_transaction``)
         insert_rows(self.conn, "INSERT OR REPLACE INTO meta (key, value)", list(values.items()))
 
     def _publish(self, oldest_moved: bool = True) -> None:
@@ -254,9 +303,14 @@ class BufferDB:
             with immediate(self.conn):
                 yield self.conn
         except sqlite3.OperationalError as exc:
+            self._epoch_saving = False
             if disk_full(exc):
                 raise DiskFull(f"{exc} ({self.path})") from exc
             raise
+        except BaseException:
+            self._epoch_saving = False
+            raise
+        self._epoch_saved = self._epoch_saved or self._epoch_saving
 
     def _write(self, rows: list[tuple], dropped: tuple[int, int, int, int] | None,
                seq_state: dict[str, tuple[int, str | None]], fingerprints: Sequence[int],

@@ -269,3 +269,30 @@ def test_a_full_disk_refuses_a_batch_whole_and_changes_nothing(tmp_path):
         assert db.lease(500).seqs == tuple(range(1, 203)) and db.recent() == (1, 2, 3)
     finally:
         db.close()
+
+
+def test_opening_writes_nothing_and_the_new_epoch_is_saved_with_the_first_rows(tmp_path):
+    """So a gateway restarted on a full disk starts (and sends its backlog) instead of
+    failing to open its buffer until someone frees space."""
+    path = tmp_path / "b.db"
+    first = BufferDB(str(path))
+    first.append(entries(2), {}, 1, 1)
+    first.close()
+    before = path.read_bytes()
+    opened = BufferDB(str(path))
+    opened.conn.execute("PRAGMA max_page_count = 1")  # the file may not grow: a full disk, as SQLite sees it
+    assert opened.boot_epoch == 2 and opened.lease(10).seqs == (1, 2)  # reads work
+    opened.close()
+    assert path.read_bytes() == before
+    again = BufferDB(str(path))
+    assert again.boot_epoch == 2  # nothing carried epoch 2: it is not used up
+    with pytest.raises(buffer_db.DiskFull):
+        again.conn.execute("PRAGMA max_page_count = 1")
+        again.append(entries(50), {}, 1, 1)
+    again.conn.execute("PRAGMA max_page_count = 1073741823")
+    assert again.append(entries(1), {}, 1, 1)
+    again.close()
+    last = BufferDB(str(path))
+    assert last.boot_epoch == 3  # saved with the row that carries it
+    assert [r[0] for r in last.conn.execute("SELECT boot_epoch FROM records ORDER BY seq")] == [1, 1, 2]
+    last.close()

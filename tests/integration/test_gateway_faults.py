@@ -46,7 +46,7 @@ def test_central_broker_down_30s_under_200_msgs_loses_nothing(site):
     site.start("receiver")
     site.start("gateway")
     sim = site.simulate(count=200 * 45, rate=200)
-    time.sleep(5)
+    wait_until(lambda: site.metrics().get("edge_uplink_records_confirmed_total", 0) > 0, 30, "records confirmed")
     services("down", "central-mqtt")
     time.sleep(25)
     depth = site.metrics()["edge_buffer_depth_records"]
@@ -214,7 +214,7 @@ def test_after_the_central_broker_lost_everything_the_receiver_coming_back_gets_
     site.start("receiver")
     site.start("gateway")
     sim = site.simulate(count=200 * 20, rate=200)
-    time.sleep(5)
+    wait_until(lambda: site.metrics().get("edge_uplink_records_confirmed_total", 0) > 0, 30, "records confirmed")
     services("kill", "central-mqtt")
     time.sleep(5)
     services("up", "central-mqtt")
@@ -301,7 +301,8 @@ def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_fr
         tmp_path, site_mqtt, central_mqtt, unique, small_disk):
     """Something else fills the buffer's filesystem: the buffer refuses batches instead of
     crashing (it used to crash in a loop until the process gave up), acks nothing it did
-    not commit, says so in health and log, and takes the rest once space is freed."""
+    not commit, says so in health and log, starts again on the full disk, and takes the
+    rest once space is freed."""
     site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
                 overrides={"buffer": {"path": str(small_disk / "buffer.db")}})
     site.buffer_db = small_disk / "buffer.db"
@@ -318,7 +319,14 @@ def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_fr
         fill(small_disk / "filler")
         wait_until(lambda: status().returncode == 1 and "disk full" in status().stdout, 60,
                    "edge status: degraded, the buffer's disk full")
-        time.sleep(5)  # the fault's length: ingest stays refused meanwhile
+        assert site.processes["gateway"].poll() is None, (site.tmp / "gateway.log").read_text()[-3000:]
+        # Restarted on the full disk (systemd after an update, say): it starts, says so,
+        # and keeps refusing. Opening the buffer used to write the new boot epoch, and the
+        # gateway exited 70 at every start until space was freed.
+        site.kill("gateway", signal.SIGTERM)
+        site.start("gateway", healthy=False)
+        wait_until(lambda: status().returncode == 1 and "disk full" in status().stdout, 60,
+                   "edge status after the restart: degraded, the buffer's disk full")
         assert site.processes["gateway"].poll() is None, (site.tmp / "gateway.log").read_text()[-3000:]
         (small_disk / "filler").unlink()  # the operator frees space
         assert sim.wait(timeout=240) == 0, sim.stderr.read()
@@ -329,6 +337,38 @@ def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_fr
         assert "disk full" in log and "Traceback" not in log and "actor_restart" not in log
     finally:
         site.stop_all()
+
+
+def test_a_buffer_that_filled_its_own_disk_drains_and_resumes_by_itself(
+        tmp_path, site_mqtt, central_mqtt, unique, small_disk):
+    """A quota above the free space (here 1 GiB on 16 MiB) and a long outage: the buffer
+    itself fills the disk. Once the server is back, deleting confirmed rows needs room in
+    the log too: the buffer gives its reserve back, deletes, and takes the site broker's
+    messages again. With no reserve (reserve_bytes = 0) it stays stuck, full."""
+    site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
+                overrides={"buffer": {"path": str(small_disk / "buffer.db"), "reserve_bytes": 4 * 1024 * 1024}})
+    site.buffer_db = small_disk / "buffer.db"
+    url = f"http://127.0.0.1:{site.gw_port}"
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([EDGE, "status", "--url", url], capture_output=True, text=True, timeout=30)
+
+    try:
+        site.start("receiver")
+        site.start("gateway")
+        services("down", "central-mqtt")
+        sim = site.simulate(count=40_000, rate=2_000, kind="mix")
+        wait_until(lambda: "disk full" in status().stdout, 120, "the buffer filling its own disk")
+        services("up", "central-mqtt")
+        assert sim.wait(timeout=240) == 0, sim.stderr.read()
+        drained(site, timeout=240)
+        assert_exactly_once(site)
+        wait_until(lambda: status().returncode == 0, 90, "healthy again")
+        log = (site.tmp / "gateway.log").read_text()
+        assert "buffer_reserve_released" in log and "Traceback" not in log and "actor_restart" not in log
+    finally:
+        site.stop_all()
+        services("up", "central-mqtt")
 
 
 def tally_rows_any(site: Site) -> int:
