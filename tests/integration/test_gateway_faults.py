@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from harness import (
@@ -297,20 +298,26 @@ def fill(path) -> None:
         os.close(fd)
 
 
+def _on_disk(tmp_path, unique, site_mqtt, central_mqtt, disk, **buffer) -> tuple[Site, Any]:
+    """A Site whose gateway buffers on ``disk``, and its ``edge status``."""
+    site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
+                overrides={"buffer": {"path": str(disk / "buffer.db"), **buffer}})
+    site.buffer_db = disk / "buffer.db"
+    url = f"http://127.0.0.1:{site.gw_port}"
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([EDGE, "status", "--url", url], capture_output=True, text=True, timeout=30)
+
+    return site, status
+
+
 def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_frees(
         tmp_path, site_mqtt, central_mqtt, unique, small_disk):
     """Something else fills the buffer's filesystem: the buffer refuses batches instead of
     crashing (it used to crash in a loop until the process gave up), acks nothing it did
     not commit, says so in health and log, starts again on the full disk, and takes the
     rest once space is freed."""
-    site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
-                overrides={"buffer": {"path": str(small_disk / "buffer.db")}})
-    site.buffer_db = small_disk / "buffer.db"
-    url = f"http://127.0.0.1:{site.gw_port}"
-
-    def status() -> subprocess.CompletedProcess:
-        return subprocess.run([EDGE, "status", "--url", url], capture_output=True, text=True, timeout=30)
-
+    site, status = _on_disk(tmp_path, unique, site_mqtt, central_mqtt, small_disk)
     try:
         site.start("receiver")
         site.start("gateway")
@@ -345,14 +352,7 @@ def test_a_buffer_that_filled_its_own_disk_drains_and_resumes_by_itself(
     itself fills the disk. Once the server is back, deleting confirmed rows needs room in
     the log too: the buffer gives its reserve back, deletes, and takes the site broker's
     messages again. With no reserve (reserve_bytes = 0) it stays stuck, full."""
-    site = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port,
-                overrides={"buffer": {"path": str(small_disk / "buffer.db"), "reserve_bytes": 4 * 1024 * 1024}})
-    site.buffer_db = small_disk / "buffer.db"
-    url = f"http://127.0.0.1:{site.gw_port}"
-
-    def status() -> subprocess.CompletedProcess:
-        return subprocess.run([EDGE, "status", "--url", url], capture_output=True, text=True, timeout=30)
-
+    site, status = _on_disk(tmp_path, unique, site_mqtt, central_mqtt, small_disk, reserve_bytes=4 * 1024 * 1024)
     try:
         site.start("receiver")
         site.start("gateway")
