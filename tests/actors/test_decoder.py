@@ -24,6 +24,7 @@ from edge.codecs.records import DeviceGap, Measurement
 from edge.config import SupervisionConfig
 from edge.runtime.actor import EdgeActor
 from edge.runtime.graph import ActorSpec, Runtime
+from edge.runtime.metrics import ACTOR_UP
 
 REGISTRY = (Path(__file__).resolve().parents[2] / "fixtures" / "registry.toml").read_text()
 
@@ -230,7 +231,9 @@ def test_a_decoder_process_that_dies_fails_the_actor_and_a_new_one_takes_over():
             time.sleep(0.1)
         else:
             raise AssertionError("no new decoder process")
-        time.sleep(1.0)  # restarted: state requested and answered
+        while time.monotonic() < deadline and ACTOR_UP.labels("decoder")._value.get() != 1:
+            time.sleep(0.05)  # the new actor is in place: a message to its handle reaches it
+        assert ACTOR_UP.labels("decoder")._value.get() == 1, "the decoder was not restarted"
         runtime.handles["decoder"].tell(Incoming(MIXED, generation=2, batch=1))  # the redelivery
         kind, store = Collecting.got.get(timeout=30)
         assert kind == "store" and store.generation == 2 and len(store.entries) == 13
