@@ -160,20 +160,22 @@ class BufferDB:
         only while at least twice that is free: when the buffer itself has filled the disk,
         giving it back is what lets confirmed rows be deleted (a delete writes to the log
         too) and ingest resume. True when the reserve is held."""
-        if self.reserve_bytes <= 0 or self.reserve.exists():
-            RESERVE.set(self.reserve.exists())
-            return self.reserve_bytes <= 0 or self.reserve.exists()
+        if self.reserve_bytes <= 0:
+            return True
+        if self.reserve.exists():
+            RESERVE.set(1)
+            return True
         if shutil.disk_usage(self.reserve.parent).free < 2 * self.reserve_bytes:
             return False
         fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.posix_fallocate(fd, 0, self.reserve_bytes)
         except OSError as exc:
-            os.close(fd)
             self.reserve.unlink(missing_ok=True)
             _log.warning("buffer_reserve_not_taken", path=str(self.reserve), error=str(exc))
             return False
-        os.close(fd)
+        finally:
+            os.close(fd)
         RESERVE.set(1)
         _log.info("buffer_reserve_taken", path=str(self.reserve), bytes=self.reserve_bytes)
         return True

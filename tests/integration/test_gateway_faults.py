@@ -311,6 +311,17 @@ def _on_disk(tmp_path, unique, site_mqtt, central_mqtt, disk, **buffer) -> tuple
     return site, status
 
 
+def _recovered(site: Site, status: Any, sim: subprocess.Popen, logged: str, drain_s: float) -> None:
+    """Everything the simulator sent stored once, healthy again, ``logged`` in the gateway's
+    log, and no crash on the way."""
+    assert sim.wait(timeout=240) == 0, sim.stderr.read()
+    drained(site, timeout=drain_s)
+    assert_exactly_once(site)
+    wait_until(lambda: status().returncode == 0, 90, "healthy again")
+    log = (site.tmp / "gateway.log").read_text()
+    assert logged in log and "Traceback" not in log and "actor_restart" not in log
+
+
 def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_frees(
         tmp_path, site_mqtt, central_mqtt, unique, small_disk):
     """Something else fills the buffer's filesystem: the buffer refuses batches instead of
@@ -336,12 +347,7 @@ def test_a_full_disk_stops_acking_loses_nothing_and_ingest_resumes_when_space_fr
                    "edge status after the restart: degraded, the buffer's disk full")
         assert site.processes["gateway"].poll() is None, (site.tmp / "gateway.log").read_text()[-3000:]
         (small_disk / "filler").unlink()  # the operator frees space
-        assert sim.wait(timeout=240) == 0, sim.stderr.read()
-        drained(site, timeout=180)
-        assert_exactly_once(site)
-        wait_until(lambda: status().returncode == 0, 90, "healthy again")
-        log = (site.tmp / "gateway.log").read_text()
-        assert "disk full" in log and "Traceback" not in log and "actor_restart" not in log
+        _recovered(site, status, sim, "disk full", drain_s=180)
     finally:
         site.stop_all()
 
@@ -360,12 +366,7 @@ def test_a_buffer_that_filled_its_own_disk_drains_and_resumes_by_itself(
         sim = site.simulate(count=40_000, rate=2_000, kind="mix")
         wait_until(lambda: "disk full" in status().stdout, 120, "the buffer filling its own disk")
         services("up", "central-mqtt")
-        assert sim.wait(timeout=240) == 0, sim.stderr.read()
-        drained(site, timeout=240)
-        assert_exactly_once(site)
-        wait_until(lambda: status().returncode == 0, 90, "healthy again")
-        log = (site.tmp / "gateway.log").read_text()
-        assert "buffer_reserve_released" in log and "Traceback" not in log and "actor_restart" not in log
+        _recovered(site, status, sim, "buffer_reserve_released", drain_s=240)
     finally:
         site.stop_all()
         services("up", "central-mqtt")
