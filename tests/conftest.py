@@ -30,7 +30,8 @@ class Endpoint:
 
 
 def _service_env() -> dict[str, str]:
-    keys = ("EDGE_TEST_SITE_MQTT", "EDGE_TEST_CENTRAL_MQTT", "EDGE_TEST_KAFKA", "EDGE_TEST_PG_DSN")
+    keys = ("EDGE_TEST_SITE_MQTT", "EDGE_TEST_CENTRAL_MQTT", "EDGE_TEST_KAFKA", "EDGE_TEST_PG_DSN",
+            "EDGE_TEST_TSDB_DSN")
     if all(k in os.environ for k in keys):
         return dict(os.environ)
     out = subprocess.run(
@@ -82,6 +83,24 @@ def pg_dsn() -> str:
     return _service_env()["EDGE_TEST_PG_DSN"]
 
 
+@pytest.fixture(scope="session")
+def tsdb_dsn() -> str:
+    """The second cluster: the same PostgreSQL with TimescaleDB preloaded."""
+    _endpoint("EDGE_TEST_TSDB_DSN")
+    return _service_env()["EDGE_TEST_TSDB_DSN"]
+
+
+STORAGES = {"postgres": "EDGE_TEST_PG_DSN", "timescaledb": "EDGE_TEST_TSDB_DSN"}
+
+
+@pytest.fixture(params=list(STORAGES))
+def storage_dsn(request) -> str:
+    """A test that touches the server's storage runs on both: plain PostgreSQL (native
+    partitions) and TimescaleDB (hypertable), each its own cluster."""
+    _endpoint(STORAGES[request.param])
+    return _service_env()[STORAGES[request.param]]
+
+
 @pytest.fixture
 def unique() -> str:
     """A name no other test uses: for topics, schemas, client ids, consumer groups."""
@@ -98,7 +117,7 @@ def _no_conditions_left_over():
     CONDITIONS.reset()
 
 
-SERVICE_FIXTURES = {"site_mqtt", "central_mqtt", "kafka", "pg_dsn"}
+SERVICE_FIXTURES = {"site_mqtt", "central_mqtt", "kafka", "pg_dsn", "tsdb_dsn", "storage_dsn"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
