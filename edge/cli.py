@@ -137,14 +137,18 @@ def _server(args: argparse.Namespace) -> int:
 def _migrate(cfg: config.Config) -> int:
     from edge.io import pg
 
+    notices: list[str] = []
     with pg.connect(cfg.postgres, autocommit=True, statement_timeout=False) as conn:
         with pg.translated("migrating"):
-            applied = pg.migrate(conn)
-            storage = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
+            applied = pg.migrate(conn, storage=cfg.postgres.storage, notices=notices)
+            storage = pg.recorded_storage(conn)
+            version = pg.timescale_version(conn) if storage == "timescaledb" else None
     for m in applied:
         print(f"applied {m.version:04d}_{m.name} ({m.variant})")
+    for notice in notices:  # what the server said while migrating (a WARNING is worth reading)
+        print(f"server said, in {notice}", file=sys.stderr)
     print(f"database {cfg.postgres.dbname}: up to date, {len(applied)} applied now, "
-          f"storage {storage[0] if storage else '?'}")
+          f"storage {storage or '?'}{f' (TimescaleDB {version})' if version else ''}")
     return EXIT_OK
 
 

@@ -225,6 +225,10 @@ class PostgresConfig:
     # database that stopped making progress): the write is retried, never waited on forever.
     # TCP keepalives and a user timeout also end a connection whose peer vanished.
     statement_timeout_s: float = _checked(120.0, _check_positive)
+    # Where measurements go, decided at a database's first migration and kept: "auto"
+    # (TimescaleDB when the server preloads it, else plain PostgreSQL), "timescaledb" or
+    # "postgres" (docs/operations.md, storage).
+    storage: Literal["auto", "timescaledb", "postgres"] = "auto"
 
 
 DAY_S = 86_400

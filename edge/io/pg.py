@@ -2,11 +2,19 @@
 
 Migrations live in deploy/server/migrations (shipped as the package ``edge.migrations``):
 ``NNNN_name.sql`` for every database, or a pair ``NNNN_name.timescaledb.sql`` /
-``NNNN_name.postgres.sql`` of which one is chosen by whether the ``timescaledb``
-extension is available. Each applies in its own transaction, under an advisory lock
-(two servers starting together do not race), and is recorded in ``schema_migrations``
-with its checksum: an applied file that changed afterwards is an error, never silently
-re-run. Applying is idempotent: what is recorded is skipped.
+``NNNN_name.postgres.sql`` of which one is chosen by the database's storage. Each applies
+in its own transaction, under an advisory lock (two servers starting together do not
+race), and is recorded in ``schema_migrations`` with its checksum: an applied file that
+changed afterwards is an error, never silently re-run (a former content listed in
+``SUPERSEDED`` is accepted: later migrations bring such a database to the current shape).
+Applying is idempotent: what is recorded is skipped.
+
+The storage is decided once per database, at its first migration, and recorded
+(``edge_settings.storage``); every later run follows the record, whatever is installed
+by then (``decide_storage``). TimescaleDB is taken when it is preloaded (``auto``) or asked
+for (``[postgres] storage``); installed but not preloaded is an error that says how to
+preload it, never a silent fall-back; versions that lose rows are refused
+(``timescale_problem``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,19 @@ import psycopg
 
 from edge.config import PostgresConfig
 from edge.errors import MigrationError, SchemaNotReady, ServiceRefused, ServiceUnavailable
+
+# TimescaleDB before 2.18.1 drops every new row of an INSERT ... ON CONFLICT DO NOTHING
+# that meets a row stored in a compressed chunk (timescale/timescaledb#7672): the sink's
+# replay path. Refused by migrate and by the sink.
+TIMESCALE_MIN = (2, 18, 1)
+STORAGES = ("auto", "timescaledb", "postgres")
+
+# Former contents of migration files, accepted as applied (file name: sha256 of the old
+# text). 0002 on TimescaleDB made the hourly rollup a continuous aggregate and left two
+# key columns out of the compression settings; 0007 converts such a database.
+SUPERSEDED = {
+    "0002_measurements.timescaledb": {"e50a7488edec7d97e0feace76f7c40c1eeda55ddc232743730f7d76910078695"},
+}
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
 _LOCK = 0x6564_6765  # "edge": pg_advisory_xact_lock key for migrations
@@ -123,42 +144,128 @@ def choose(migrations: list[Migration], timescale: bool) -> list[Migration]:
     return [chosen[v] for v in sorted(chosen)]
 
 
-def has_timescale(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is not None
+def decide_storage(recorded: str | None, wanted: str, available: bool, preloaded: bool) -> str:
+    """The storage of a database: what its first migration recorded, else what ``wanted``
+    (``[postgres] storage``) and the server allow. ``MigrationError`` says what to change."""
+    if recorded is not None:
+        if wanted not in ("auto", recorded):
+            raise MigrationError(f"this database was migrated with storage {recorded!r} and [postgres] storage "
+                                 f"says {wanted!r}: a database keeps its storage; set storage = \"auto\" "
+                                 f"or {recorded!r}, or use a new database")
+        if recorded == "timescaledb" and not preloaded:
+            raise MigrationError(f"this database uses TimescaleDB, which this server does not preload: {_PRELOAD}")
+        return recorded
+    if wanted == "postgres" or (wanted == "auto" and not available):
+        return "postgres"
+    if not available:
+        raise MigrationError("[postgres] storage = \"timescaledb\" but the timescaledb extension is not installed "
+                             "on this PostgreSQL server (install it, or set storage = \"postgres\")")
+    if not preloaded:
+        raise MigrationError(f"the timescaledb extension is installed but not preloaded: {_PRELOAD}; "
+                             "or set [postgres] storage = \"postgres\" for plain PostgreSQL")
+    return "timescaledb"
 
 
-def migrate(conn: psycopg.Connection, directory: Path | None = None,
-            timescale: bool | None = None) -> list[Migration]:
-    """Apply what is not applied yet; return what was applied. ``conn`` in autocommit."""
+_PRELOAD = ("add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart PostgreSQL "
+            "(docs/operations.md, TimescaleDB)")
+
+
+def timescale_problem(version: str) -> str | None:
+    """Why this TimescaleDB version must not store measurements, or None."""
+    try:
+        parts = tuple(int(p) for p in version.split("-")[0].split(".")[:3])
+    except ValueError:
+        return None  # a development build: not ours to judge
+    if parts < TIMESCALE_MIN:
+        return (f"TimescaleDB {version} loses rows when a replayed batch meets rows of a compressed chunk "
+                f"(timescale/timescaledb#7672, fixed in 2.18.1): install {'.'.join(map(str, TIMESCALE_MIN))} "
+                "or newer and run ALTER EXTENSION timescaledb UPDATE")
+    return None
+
+
+def timescale_version(conn: psycopg.Connection) -> str | None:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return row[0] if row else None
+
+
+def _server_storage(conn: psycopg.Connection) -> tuple[bool, bool]:
+    """(installed, preloaded) for timescaledb on this server. ``shared_preload_libraries``
+    is visible to superusers only, and a trial CREATE EXTENSION leaves the library loaded
+    in the session; the loader's own setting ``timescaledb.disable_load`` exists exactly
+    when the loader is preloaded."""
+    if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is None:
+        return False, False
+    loader = conn.execute("SELECT current_setting('timescaledb.disable_load', true)").fetchone()[0]
+    return True, loader is not None
+
+
+def recorded_storage(conn: psycopg.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
+    return row[0] if row else None
+
+
+def migrate(conn: psycopg.Connection, directory: Path | None = None, storage: str = "auto",
+            notices: list[str] | None = None) -> list[Migration]:
+    """Apply what is not applied yet; return what was applied. ``conn`` in autocommit;
+    ``storage`` is ``[postgres] storage``. Warnings and notices the server sends while a
+    migration runs are appended to ``notices``, naming the migration."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         conn.execute(_BOOTSTRAP)
-    if timescale is None:
-        timescale = has_timescale(conn)
+    available_, preloaded = _server_storage(conn)
+    chosen = decide_storage(recorded_storage(conn), storage, available_, preloaded)
+    timescale = chosen == "timescaledb"
     todo = choose(available(directory), timescale)
     done: list[Migration] = []
-    for m in todo:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-            row = conn.execute("SELECT name, variant, checksum FROM schema_migrations WHERE version = %s",
-                               (m.version,)).fetchone()
-            if row is not None:
-                if row[1] == m.variant and row[2] != m.checksum:
-                    raise MigrationError(
-                        f"migration {m.version:04d}_{m.name} ({m.variant}) was applied with another "
-                        "content: an applied migration must never change; add a new one")
-                continue
-            if timescale and m.version == todo[0].version:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            try:
-                conn.execute(m.sql)
-            except psycopg.Error as exc:
-                raise MigrationError(f"migration {m.version:04d}_{m.name} ({m.variant}) failed: "
-                                     f"{exc.diag.message_primary or exc}") from exc
-            conn.execute("INSERT INTO schema_migrations (version, name, variant, checksum) "
-                         "VALUES (%s, %s, %s, %s)", (m.version, m.name, m.variant, m.checksum))
-            done.append(m)
+    current: list[str] = ["?"]
+
+    def heard(diag: psycopg.errors.Diagnostic) -> None:
+        if notices is not None:
+            notices.append(f"{current[0]}: {diag.severity}: {diag.message_primary}")
+
+    conn.add_notice_handler(heard)
+    try:
+        if timescale:
+            if timescale_version(conn) is None:
+                current[0] = "CREATE EXTENSION timescaledb"
+                with conn.transaction():
+                    conn.execute("CREATE EXTENSION timescaledb")
+            problem = timescale_problem(timescale_version(conn) or "")
+            if problem:
+                raise MigrationError(problem)
+        for m in todo:
+            current[0] = f"{m.version:04d}_{m.name} ({m.variant})"
+            if _apply(conn, m):
+                done.append(m)
+    finally:
+        conn.remove_notice_handler(heard)
     return done
+
+
+def _apply(conn: psycopg.Connection, m: Migration) -> bool:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+        row = conn.execute("SELECT name, variant, checksum FROM schema_migrations WHERE version = %s",
+                           (m.version,)).fetchone()
+        if row is not None and row[1] in ("all", m.variant):
+            known = {m.checksum} | SUPERSEDED.get(f"{m.version:04d}_{m.name}.{m.variant}", set())
+            if row[2] not in known:
+                raise MigrationError(
+                    f"migration {m.version:04d}_{m.name} ({m.variant}) was applied with another "
+                    "content: an applied migration must never change; add a new one")
+            return False
+        # Not applied, or applied in the other storage's variant (a database that once took a
+        # variant for the wrong storage): this storage's variant is applied and recorded.
+        try:
+            conn.execute(m.sql)
+        except psycopg.Error as exc:
+            raise MigrationError(f"migration {m.version:04d}_{m.name} ({m.variant}) failed: "
+                                 f"{exc.diag.message_primary or exc}") from exc
+        conn.execute("INSERT INTO schema_migrations (version, name, variant, checksum) VALUES (%s, %s, %s, %s) "
+                     "ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, variant = EXCLUDED.variant, "
+                     "checksum = EXCLUDED.checksum, applied_at = now()",
+                     (m.version, m.name, m.variant, m.checksum))
+        return True
 
 
 def pending(conn: psycopg.Connection, directory: Path | None = None) -> list[str]:

@@ -13,9 +13,9 @@ Measurements go in by binary COPY into a temporary staging table, then into
   ``measurement_conflicts`` (once per distinct value) and is counted in
   ``edge_conflicting_readings_total``; the first way never meets one.
 
-On plain PostgreSQL the hourly rollup is updated in the same transaction from exactly the
-rows inserted: all of staging on the first way, the ``RETURNING`` rows on the second, so
-it stays exact under replays; on TimescaleDB the continuous aggregate does that work.
+On both storages (plain PostgreSQL and TimescaleDB) the hourly rollup is updated in the
+same transaction from exactly the rows inserted: all of staging on the first way, the
+``RETURNING`` rows on the second, so it stays exact under replays and at any moment.
 Events, gap records and device state are written in the same transaction.
 
 Several writers (the sink's ``writers``, or several sink processes) may write at once.
@@ -39,7 +39,7 @@ from prometheus_client import Counter
 from edge.codecs.stream import Row
 from edge.config import PostgresConfig
 from edge.errors import SchemaNotReady, ServiceUnavailable
-from edge.io.pg import connect, pending, translated
+from edge.io.pg import connect, pending, recorded_storage, timescale_problem, timescale_version, translated
 from edge.io.store import CONFLICTS
 
 COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
@@ -100,7 +100,6 @@ class SinkDb:
     def __init__(self, cfg: PostgresConfig) -> None:
         self.cfg = cfg
         self.conn: psycopg.Connection | None = None
-        self.rollup = False
         self.partitions: set[date] = set()
 
     def connect(self) -> None:
@@ -110,8 +109,10 @@ class SinkDb:
             if missing:
                 raise SchemaNotReady(f"database {self.cfg.dbname} on {self.cfg.host}:{self.cfg.port} "
                                      f"lacks migrations {', '.join(missing)}: run `edge server migrate`")
-            row = conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone()
-            self.rollup = row is not None and row[0] == "postgres"
+            if recorded_storage(conn) == "timescaledb":
+                problem = timescale_problem(timescale_version(conn) or "")
+                if problem:  # refused here too: an extension updated down, or migrated by an older edge
+                    raise SchemaNotReady(f"database {self.cfg.dbname}: {problem}")
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS edge_staging "
                          "(LIKE iot_measurements INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         except BaseException:
@@ -164,13 +165,9 @@ class SinkDb:
                 inserted = cur.execute(_INSERT_ALL).rowcount
         except psycopg.errors.UniqueViolation:
             REPLAYS.inc()
-            if self.rollup:
-                inserted = cur.execute(_INSERT_NEW_WITH_ROLLUP).fetchone()[0]
-            else:
-                inserted = cur.execute(_INSERT_NEW).rowcount
+            inserted = cur.execute(_INSERT_NEW_WITH_ROLLUP).fetchone()[0]
             return inserted, cur.execute(_CONFLICTS).rowcount
-        if self.rollup:
-            cur.execute(_ROLLUP_ALL)
+        cur.execute(_ROLLUP_ALL)
         return inserted, 0
 
     def _partitions(self, conn: psycopg.Connection, rows: Iterable[Row]) -> None:

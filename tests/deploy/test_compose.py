@@ -42,6 +42,19 @@ def test_every_service_the_server_needs_is_there_with_health_checks_and_restarts
     assert services["migrate"]["command"][:2] == ["server", "migrate"]
 
 
+def test_the_timescaledb_image_is_the_version_the_tests_build(compose):
+    """compose runs what CI tests: the TimescaleDB that scripts/services builds from the
+    vendored source, on the PostgreSQL major version of the test clusters."""
+    services = (DEPLOY.parents[1] / "scripts" / "services").read_text()
+    built = re.search(r"^TIMESCALEDB_VERSION=(\S+)$", services, re.M)[1]
+    major = re.search(r"^PG_BIN=/usr/lib/postgresql/(\d+)/bin$", services, re.M)[1]
+    image = compose["services"]["timescaledb"]["image"]
+    assert image == f"timescale/timescaledb:{built}-pg{major}"
+    from edge.io.pg import timescale_problem
+
+    assert timescale_problem(built) is None  # and not one that loses rows
+
+
 def test_mounted_files_exist_and_named_volumes_are_declared(compose):
     declared = set(compose["volumes"])
     used = set()

@@ -1,4 +1,6 @@
-"""Migrations, the registry in PostgreSQL and the sink's writes, against the real server."""
+"""Migrations, the registry in PostgreSQL and the sink's writes, against the real server:
+each on both storages (``db``: plain PostgreSQL and TimescaleDB, two clusters), what is one
+storage's own on that storage (``plain_db``, ``tsdb``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,41 +21,86 @@ from edge.codecs import registry as registry_mod
 from edge.codecs import stream
 from edge.codecs.uplink import Batch
 from edge.config import PostgresConfig
-from edge.io import pg, registry_db
-from edge.io.sink_db import SchemaNotReady, SinkDb
+from edge.io import pg, registry_db, sink_db
+from edge.io.sink_db import KEY, SchemaNotReady, SinkDb
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
 
 
-@pytest.fixture
-def db(pg_dsn, unique):
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{unique}"')
-    userinfo, hostpart = pg_dsn.split("://", 1)[1].split("@", 1)
+def _database(dsn: str, name: str) -> Iterator[PostgresConfig]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    userinfo, hostpart = dsn.split("://", 1)[1].split("@", 1)
     host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
-    cfg = PostgresConfig(host=host, port=int(port), dbname=unique, user=userinfo)
-    yield cfg
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{unique}" WITH (FORCE)')
+    yield PostgresConfig(host=host, port=int(port), dbname=name, user=userinfo)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def test_migrations_apply_once_and_are_recorded_with_their_variant(db):
+@pytest.fixture
+def db(storage_dsn, unique):
+    yield from _database(storage_dsn, unique)
+
+
+@pytest.fixture
+def plain_db(pg_dsn, unique):
+    yield from _database(pg_dsn, unique)
+
+
+@pytest.fixture
+def tsdb(tsdb_dsn, unique):
+    yield from _database(tsdb_dsn, unique)
+
+
+@pytest.fixture
+def storage(request, storage_dsn) -> str:
+    return request.node.callspec.params["storage_dsn"]
+
+
+ALL = ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index", "0005_state_order",
+       "0006_conflicts", "0007_rollup_table"]
+
+
+def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_storage(db, storage):
     with pg.connect(db, autocommit=True) as conn:
-        assert pg.pending(conn) == ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index",
-                                    "0005_state_order", "0006_conflicts"]
-        applied = pg.migrate(conn)
-        assert [(m.version, m.variant) for m in applied] == [(1, "all"), (2, "postgres"), (3, "all"),
-                                                             (4, "postgres"), (5, "all"), (6, "all")]
+        assert pg.pending(conn) == ALL
+        notices: list[str] = []
+        applied = pg.migrate(conn, notices=notices)
+        variants = [(1, "all"), (2, storage), (3, "all"), (4, storage), (5, "all"), (6, "all"), (7, storage)]
+        assert [(m.version, m.variant) for m in applied] == variants
+        assert notices == []  # e.g. no key column left out of TimescaleDB's compression settings
         assert pg.migrate(conn) == []
         assert pg.pending(conn) == []
-        rows = conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "all"), (2, "postgres"), (3, "all"), (4, "postgres"), (5, "all"), (6, "all")]
-        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone() == ("p",)
+        assert conn.execute("SELECT version, variant FROM schema_migrations ORDER BY 1").fetchall() == variants
+        assert pg.recorded_storage(conn) == storage
+        relkind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements'").fetchone()
+        assert relkind == ("p",) if storage == "postgres" else ("r",)
+        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'iot_measurements_hourly'").fetchone() \
+            == ("r",)  # the rollup is the sink's table on both
 
 
-def test_every_partition_has_the_key_and_a_brin_time_index_that_range_queries_use(db):
+def test_timescaledb_makes_a_compressed_hypertable_whose_settings_hold_every_key_column(tsdb):
+    with pg.connect(tsdb, autocommit=True) as conn:
+        pg.migrate(conn)
+        assert pg.timescale_problem(pg.timescale_version(conn)) is None
+        dims = conn.execute("SELECT column_name, time_interval FROM timescaledb_information.dimensions "
+                            "WHERE hypertable_name = 'iot_measurements'").fetchall()
+        assert dims == [("time", timedelta(days=1))]
+        settings = conn.execute("SELECT segmentby, orderby FROM timescaledb_information."
+                                "hypertable_compression_settings WHERE hypertable = 'iot_measurements'::regclass"
+                                ).fetchone()
+        assert settings == ("device_id", 'label,connector_mode,pin_position,"time" DESC')
+        jobs = dict(conn.execute("SELECT proc_name, coalesce(config->>'compress_after', config->>'drop_after') "
+                                 "FROM timescaledb_information.jobs WHERE hypertable_name = 'iot_measurements'"
+                                 ).fetchall())
+        assert jobs == {"policy_compression": "30 days", "policy_retention": "730 days"}
+        assert conn.execute("SELECT count(*) FROM timescaledb_information.continuous_aggregates").fetchone() == (0,)
+
+
+def test_every_partition_has_the_key_and_a_brin_time_index_that_range_queries_use(plain_db):
+    db = plain_db
     with pg.connect(db, autocommit=True) as conn:
         pg.migrate(conn)
         conn.execute("SELECT edge_ensure_partition('2030-06-01')")  # made after the migrations
@@ -130,7 +178,7 @@ def test_sink_refuses_an_unmigrated_database_and_writes_idempotently_with_an_exa
     finally:
         sink.close()
     with pg.connect(db, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM iot_measurements_20230525").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM iot_measurements WHERE time::date = '2023-05-25'").fetchone() == (3,)
         assert conn.execute("SELECT n, sum, min, max FROM iot_measurements_hourly").fetchone() == (3, 8.0, 1.5, 4.0)
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1,)
         state = conn.execute("SELECT fw_version, last_seq, gateway_id, last_seen FROM device_state").fetchone()
@@ -165,8 +213,7 @@ def test_a_reading_with_a_stored_key_and_another_value_is_kept_as_a_conflict_onc
     with pg.connect(db, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM iot_measurements").fetchone() == (len(first),)
         kept = conn.execute("SELECT label, value, stored_value, source FROM measurement_conflicts").fetchall()
-        if conn.execute("SELECT value FROM edge_settings WHERE key = 'storage'").fetchone() == ("postgres",):
-            assert conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (len(first),)
+        assert conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (len(first),)
     assert len(kept) == twins.differing
     sent = {r[5]: r[6] for r in second}
     assert all(value == sent[label] != stored and source.startswith("gw/7/1")
@@ -240,16 +287,18 @@ def test_two_writers_on_the_same_devices_neither_deadlock_nor_miscount(db):
         t.join(60)
     assert errors == []
     with pg.connect(db, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM iot_measurements_20230601").fetchone() == (400,)
+        day_rows = conn.execute("SELECT count(*) FROM iot_measurements WHERE time::date = '2023-06-01'").fetchone()
+        assert day_rows == (400,)
         hourly = conn.execute("SELECT count(*), sum(n), sum(sum) FROM iot_measurements_hourly").fetchone()
         assert hourly == (20, 400, 400.0)
         assert conn.execute("SELECT count(*) FROM device_state").fetchone() == (20,)
         assert conn.execute("SELECT count(*) FROM device_events").fetchone() == (1200,)
 
 
-def test_a_partition_another_writer_creates_at_the_same_moment_is_created_once(db):
+def test_a_partition_another_writer_creates_at_the_same_moment_is_created_once(plain_db):
     """The other writer's CREATE TABLE is not committed yet when this one looks: this one's
     CREATE TABLE IF NOT EXISTS then fails on the catalog once the other commits."""
+    db = plain_db
     with pg.connect(db, autocommit=True) as conn:
         pg.migrate(conn)
     day = datetime(2023, 7, 1, tzinfo=UTC)
@@ -281,15 +330,16 @@ def test_a_partition_another_writer_creates_at_the_same_moment_is_created_once(d
         sink.close()
 
 
-def test_cli_migrate_and_registry_load_report_what_they_did(db, tmp_path):
+def test_cli_migrate_and_registry_load_report_what_they_did(db, storage, tmp_path):
     toml = tmp_path / "server.toml"
     toml.write_text(f'[postgres]\nhost = "{db.host}"\nport = {db.port}\ndbname = "{db.dbname}"\nuser = "{db.user}"\n')
     reg = str(REPO / "fixtures" / "registry.toml")
     out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
     assert out.returncode == 2 and "edge server migrate" in out.stderr
     out = subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "applied 0002_measurements (postgres)" in out.stdout and "storage postgres" in out.stdout
+    assert out.returncode == 0 and out.stderr == "", out.stderr  # nothing the server warned of
+    assert f"applied 0002_measurements ({storage})" in out.stdout and f"storage {storage}" in out.stdout
+    assert ("(TimescaleDB 2.22.1)" in out.stdout) == (storage == "timescaledb"), out.stdout
     out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
     assert out.returncode == 0 and "loaded, registry version 1 (7 templates, 4 controllers" in out.stdout
     out = subprocess.run([EDGE, "registry", "load", reg, "--config", str(toml)], capture_output=True, text=True)
@@ -297,3 +347,163 @@ def test_cli_migrate_and_registry_load_report_what_they_did(db, tmp_path):
     toml.write_text('[postgres]\nhost = "127.0.0.1"\nport = 9\n')
     out = subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True, text=True)
     assert out.returncode == 69 and "cannot reach PostgreSQL at 127.0.0.1:9" in out.stderr
+
+
+def _rows(start: datetime, n: int, step: timedelta, devices: int = 5, value=float) -> list[tuple]:
+    return [(start + i * step, f"dev-{i % devices}", "", None, 0, "v", value(i), "V", "t", f"gw/1/{i}")
+            for i in range(n)]
+
+
+def _rollup_drift(conn: psycopg.Connection) -> list[tuple]:
+    """Buckets where the rollup and the stored rows disagree (none when the rollup is exact)."""
+    return conn.execute(f"""
+        WITH raw AS (SELECT date_trunc('hour', time, 'UTC') AS bucket, {KEY},
+                            count(*) AS n, sum(value) AS sum, min(value) AS min, max(value) AS max
+                     FROM iot_measurements GROUP BY 1, 2, 3, 4, 5)
+        SELECT * FROM raw FULL JOIN iot_measurements_hourly h USING (bucket, {KEY})
+        WHERE raw.n IS DISTINCT FROM h.n OR raw.sum IS DISTINCT FROM h.sum
+           OR raw.min IS DISTINCT FROM h.min OR raw.max IS DISTINCT FROM h.max""").fetchall()
+
+
+def test_a_replay_into_a_compressed_chunk_stores_every_new_row_once_and_keeps_the_rollup_exact(db, storage):
+    """TimescaleDB before 2.18.1 stored none of the 50 new rows here (timescale/timescaledb#7672):
+    the batch met stored rows of a compressed chunk on the ON CONFLICT path. On plain
+    PostgreSQL the same batch goes into a day's partition that already holds rows."""
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=45)  # older than compress_after
+    rows = _rows(old, 150, timedelta(seconds=10))
+    sink = SinkDb(db)
+    try:
+        assert sink.write(rows[:100], []) == 100
+        with pg.connect(db, autocommit=True) as conn:
+            if storage == "timescaledb":
+                compressed = conn.execute("SELECT compress_chunk(c) FROM show_chunks('iot_measurements') c"
+                                          ).fetchall()
+                assert len(compressed) == 1
+                state = conn.execute("SELECT is_compressed FROM timescaledb_information.chunks").fetchall()
+                assert state == [(True,)]
+        changed = (rows[99][0], "dev-4", "", None, 0, "v", -1.0, "V", "t", "gw/2/99")  # a stored key, another value
+        assert sink.write(rows[60:150] + [changed], []) == 50  # 40 stored, 50 new, one conflicting
+        assert sink.write(rows, []) == 0  # the whole replayed again: nothing new
+    finally:
+        sink.close()
+    with pg.connect(db, autocommit=True) as conn:
+        got = conn.execute("SELECT time, device_id, value FROM iot_measurements ORDER BY time").fetchall()
+        assert got == [(r[0], r[1], r[6]) for r in rows]
+        assert conn.execute("SELECT value, stored_value FROM measurement_conflicts").fetchall() == [(-1.0, 99.0)]
+        assert _rollup_drift(conn) == []
+        assert conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (150,)
+
+
+def test_the_hourly_rollup_equals_the_stored_rows_after_every_commit_whatever_their_age(db):
+    """One contract on both storages, as the API reads it: after each commit, per hour and
+    series, the rollup's count, sum, min and max equal those of the stored rows: the current
+    hour, rows from a year ago arriving late, replays and partial replays."""
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    now = datetime.now(UTC).replace(microsecond=0)
+    batches = [_rows(now - timedelta(minutes=5), 40, timedelta(seconds=7)),  # this hour (and maybe the last)
+               _rows(now - timedelta(days=400), 60, timedelta(minutes=3), value=lambda i: -i / 3),  # a year late
+               _rows(now - timedelta(days=40), 30, timedelta(minutes=1))]  # beyond any refresh window
+    sink = SinkDb(db)
+    try:
+        with pg.connect(db, autocommit=True) as conn:
+            for batch in batches + [batches[1][20:] + _rows(now - timedelta(days=400, hours=2), 5,
+                                                            timedelta(minutes=1), devices=7)]:
+                sink.write(batch, [])
+                assert _rollup_drift(conn) == []
+            stored = conn.execute("SELECT count(*) FROM iot_measurements").fetchone()[0]
+            assert stored == 135 and conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (135,)
+    finally:
+        sink.close()
+
+
+def test_the_storage_is_decided_once_per_database_and_followed_afterwards(tsdb, plain_db):
+    """A database migrated as plain PostgreSQL on a server that has TimescaleDB stays plain
+    (before, the variant was chosen at every run, and a database that met the extension later
+    took TimescaleDB's 0004 on a plain table); one recorded with TimescaleDB refuses plain."""
+    with pg.connect(tsdb, autocommit=True) as conn:
+        assert [m.variant for m in pg.migrate(conn, storage="postgres")][1] == "postgres"
+        assert pg.migrate(conn) == []  # auto follows the record
+        assert pg.recorded_storage(conn) == "postgres" and pg.timescale_version(conn) is None
+        variants = {v for (v,) in conn.execute("SELECT variant FROM schema_migrations")}
+        assert variants == {"all", "postgres"}
+        with pytest.raises(pg.MigrationError, match="migrated with storage 'postgres'.*says 'timescaledb'"):
+            pg.migrate(conn, storage="timescaledb")
+    with pg.connect(plain_db, autocommit=True) as conn:
+        with pytest.raises(pg.MigrationError, match="timescaledb extension is not installed"):
+            pg.migrate(conn, storage="timescaledb")
+        assert pg.pending(conn) == ALL
+
+
+def test_a_database_that_took_the_other_storages_variant_gets_its_own(plain_db):
+    """What the old per-run choice left behind: 0004 recorded as TimescaleDB's (which does
+    nothing) on a plain database. The next migration applies plain PostgreSQL's 0004."""
+    with pg.connect(plain_db, autocommit=True) as conn:
+        pg.migrate(conn)
+        other = next(m for m in pg.available() if m.version == 4 and m.variant == "timescaledb")
+        conn.execute("DROP INDEX iot_measurements_time")
+        conn.execute("CREATE INDEX iot_measurements_time ON iot_measurements (time DESC)")
+        conn.execute("UPDATE schema_migrations SET variant = 'timescaledb', checksum = %s WHERE version = 4",
+                     (other.checksum,))
+        assert [(m.version, m.variant) for m in pg.migrate(conn)] == [(4, "postgres")]
+        assert conn.execute("SELECT DISTINCT variant FROM schema_migrations ORDER BY 1").fetchall() == [
+            ("all",), ("postgres",)]
+        method = conn.execute("SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+                              "WHERE c.relname = 'iot_measurements_time'").fetchone()
+        assert method == ("brin",)
+
+
+def test_a_timescaledb_database_migrated_with_the_first_0002_is_converted_with_its_rollup_exact(tsdb, tmp_path):
+    """The first 0002 (fixtures/migrations-before-0007, what compose ran): a continuous
+    aggregate that is empty right after a commit, and two key columns out of the compression
+    settings. 0007 makes the rollup the sink's table, filled from every stored row."""
+    for f in pg.migrations_dir().glob("*.sql"):
+        if int(f.name[:4]) <= 6:
+            shutil.copy(f, tmp_path / f.name)
+    shutil.copy(REPO / "fixtures" / "migrations-before-0007" / "0002_measurements.timescaledb.sql", tmp_path)
+    with pg.connect(tsdb, autocommit=True) as conn:
+        notices: list[str] = []
+        pg.migrate(conn, tmp_path, notices=notices)
+        assert any("connector_mode" in n and "segmenting or ordering" in n for n in notices), notices
+        conn.execute("INSERT INTO iot_measurements (time, device_id, label, value) "
+                     "SELECT '2026-10-01'::timestamptz + i * interval '1 min', 'dev-' || i % 5, 'v', i "
+                     "FROM generate_series(0, 999) AS i")
+        assert conn.execute("SELECT coalesce(sum(n), 0) FROM iot_measurements_hourly").fetchone() == (0,)
+        notices.clear()
+        assert [(m.version, m.variant) for m in pg.migrate(conn, notices=notices)] == [(7, "timescaledb")]
+        assert notices == []
+        assert pg.migrate(conn) == []  # the first 0002 is accepted as applied: SUPERSEDED
+        assert conn.execute("SELECT count(*) FROM timescaledb_information.continuous_aggregates").fetchone() == (0,)
+        assert _rollup_drift(conn) == []
+        assert conn.execute("SELECT sum(n) FROM iot_measurements_hourly").fetchone() == (1000,)
+        orderby = conn.execute("SELECT orderby FROM timescaledb_information.hypertable_compression_settings"
+                               ).fetchone()[0]
+        assert "connector_mode" in orderby and "pin_position" in orderby
+    sink = SinkDb(tsdb)
+    try:
+        assert sink.write(_rows(datetime(2026, 10, 1, 0, 0, 30, tzinfo=UTC), 3, timedelta(seconds=1)), []) == 3
+    finally:
+        sink.close()
+    with pg.connect(tsdb, autocommit=True) as conn:
+        assert _rollup_drift(conn) == [] and conn.execute("SELECT sum(n) FROM iot_measurements_hourly"
+                                                          ).fetchone() == (1003,)
+
+
+def test_migrate_and_the_sink_refuse_a_timescaledb_version_that_loses_replayed_rows(tsdb, monkeypatch):
+    """The extension's version as the database reports it, made 2.17.2 (the version compose
+    shipped); the real one cannot be changed under a live session."""
+    with pg.connect(tsdb, autocommit=True) as conn:
+        pg.migrate(conn)
+    monkeypatch.setattr(pg, "timescale_version", lambda conn: "2.17.2")
+    monkeypatch.setattr(sink_db, "timescale_version", lambda conn: "2.17.2")
+    with pg.connect(tsdb, autocommit=True) as conn:
+        with pytest.raises(pg.MigrationError, match=r"2\.17\.2 loses rows.*#7672.*2\.18\.1"):
+            pg.migrate(conn)
+    sink = SinkDb(tsdb)
+    try:
+        with pytest.raises(SchemaNotReady, match=r"2\.17\.2 loses rows"):
+            sink.connect()
+    finally:
+        sink.close()
