@@ -31,13 +31,29 @@ def server(site, kafka, pg_dsn):
     srv.drop()
 
 
+@pytest.fixture
+def server_on_both(request, site, kafka, storage_dsn):
+    """The server on each storage: plain PostgreSQL, then TimescaleDB."""
+    srv = make_server(site, kafka, storage_dsn)
+    _assert_storage(request, srv)
+    yield srv
+    srv.drop()
+
+
+def _assert_storage(request, server: Server) -> None:
+    """The database took the storage the test is parametrized with (its migrate chose)."""
+    want = request.node.callspec.params["storage_dsn"]
+    assert server.query("SELECT value FROM edge_settings WHERE key = 'storage'") == [(want,)]
+
+
 def run_sim(site: Site, count: int, rate: float, **kw) -> None:
     sim = site.simulate(count, rate, **kw)
     out, err = sim.communicate(timeout=count / rate + 120)
     assert sim.returncode == 0, err
 
 
-def test_gateway_to_postgres_every_ledger_record_once(site, server):
+def test_gateway_to_postgres_every_ledger_record_once(site, server_on_both):
+    server = server_on_both
     site.start("server")
     site.start("gateway")
     run_sim(site, 3000, 600)
@@ -147,8 +163,9 @@ def test_postgres_down_60s_offsets_never_pass_the_database_and_lag_returns_to_0(
 
 
 @pytest.mark.timeout(600)
-def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows(site, kafka, pg_dsn):
-    server = make_server(site, kafka, pg_dsn, server={"bridge": False, "sink": False})
+def test_sink_killed_between_database_commit_and_offset_commit_no_duplicate_rows(request, site, kafka, storage_dsn):
+    server = make_server(site, kafka, storage_dsn, server={"bridge": False, "sink": False})
+    _assert_storage(request, server)
     sink_toml = site.tmp / "sink.toml"
     sink_port = _port()
     cfg = dict(server.config)
