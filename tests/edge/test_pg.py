@@ -507,3 +507,23 @@ def test_migrate_and_the_sink_refuse_a_timescaledb_version_that_loses_replayed_r
             sink.connect()
     finally:
         sink.close()
+
+
+def test_migrate_on_a_server_with_timescaledb_installed_but_not_preloaded_exits_2_saying_how(
+        plain_db, tmp_path, monkeypatch, capsys):
+    """Before: an uncaught ``extension "timescaledb" must be preloaded`` traceback, exit 1.
+    The server's answer is made "installed, not preloaded" (a cluster of its own for that
+    would be a third one); the rest is the real CLI against the real database."""
+    from edge import cli
+
+    monkeypatch.setattr(pg, "_server_storage", lambda conn: (True, False))
+    toml = tmp_path / "server.toml"
+    toml.write_text(f'[postgres]\nhost = "{plain_db.host}"\nport = {plain_db.port}\ndbname = "{plain_db.dbname}"\n'
+                    f'user = "{plain_db.user}"\n')
+    assert cli.main(["server", "migrate", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert "installed but not preloaded" in err and "shared_preload_libraries = 'timescaledb'" in err, err
+    assert "Traceback" not in err
+    toml.write_text(toml.read_text() + 'storage = "postgres"\n')  # what the message offers
+    assert cli.main(["server", "migrate", "--config", str(toml)]) == 0
+    assert "storage postgres" in capsys.readouterr().out
