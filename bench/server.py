@@ -1,6 +1,6 @@
 """Server benchmark with the real services of scripts/services (start them first):
 
-    scripts/services up && .venv/bin/python bench/server.py [--records 200000]
+    scripts/services up && .venv/bin/python bench/server.py [--records 200000] [--storage timescaledb]
 
 Prints, in one run:
 1. receiver -> Kafka: records/s the receiver's Kafka store gets acknowledged (acks=all,
@@ -38,7 +38,8 @@ from edge.io.kafka import KafkaStore  # noqa: E402
 from edge.io.mqtt import make_client  # noqa: E402
 from edge.io.sink_db import SinkDb  # noqa: E402
 
-SITE, CENTRAL, KAFKA, PG = 18831, 18832, "127.0.0.1:19092", "postgresql://edge@127.0.0.1:54329/edge_test"
+SITE, CENTRAL, KAFKA = 18831, 18832, "127.0.0.1:19092"
+PORTS = {"postgres": 54329, "timescaledb": 54330}  # scripts/services' two clusters
 
 
 def batches(n_records: int, per_batch: int = 500) -> list[Batch]:
@@ -92,7 +93,8 @@ def copy_alone(server: Server, n: int) -> float:
 
 
 def sink_db_alone(server: Server, n: int) -> float:
-    pgc = PostgresConfig(host="127.0.0.1", port=54329, dbname=server.db, user="edge")
+    pgc = PostgresConfig(host="127.0.0.1", port=int(server.pg_dsn.rsplit(":", 1)[1].split("/")[0]),
+                         dbname=server.db, user="edge")
     db = SinkDb(pgc)
     rows = bench_rows(n)
     db.write(rows[:10], [])
@@ -181,12 +183,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--latency-s", type=float, default=20.0)
+    parser.add_argument("--storage", choices=list(PORTS), default="postgres",
+                        help="the cluster the server writes to (plain PostgreSQL or TimescaleDB)")
     args = parser.parse_args()
+    dsn = f"postgresql://edge@127.0.0.1:{PORTS[args.storage]}/edge_test"
     with tempfile.TemporaryDirectory() as tmp:
         name = f"bench{uuid.uuid4().hex[:8]}"
         site = Site(Path(tmp), name, SITE, CENTRAL)
-        server = Server(site, KAFKA, PG, {"sink": {"batch_ms": 100.0}})
+        server = Server(site, KAFKA, dsn, {"sink": {"batch_ms": 100.0}})
         server.prepare()
+        print(f"storage: {server.query('SELECT value FROM edge_settings WHERE key = %s', 'storage')[0][0]}")
         try:
             rate = receiver_to_kafka(server, args.records)
             print(f"receiver -> Kafka (acks=all, idempotent): {rate:,.0f} records/s   target >= 50,000")

@@ -167,7 +167,7 @@ def decide_storage(recorded: str | None, wanted: str, available: bool, preloaded
 
 
 _PRELOAD = ("add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart PostgreSQL "
-            "(docs/operations.md, TimescaleDB)")
+            "(docs/operations.md, Storage)")
 
 
 def timescale_problem(version: str) -> str | None:

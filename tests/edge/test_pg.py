@@ -527,3 +527,24 @@ def test_migrate_on_a_server_with_timescaledb_installed_but_not_preloaded_exits_
     toml.write_text(toml.read_text() + 'storage = "postgres"\n')  # what the message offers
     assert cli.main(["server", "migrate", "--config", str(toml)]) == 0
     assert "storage postgres" in capsys.readouterr().out
+
+
+def test_the_whole_time_range_the_limits_let_in_is_stored_on_both_storages(db):
+    """edge.codecs.limits lets in 0001-01-02 .. 9999-12-30: a day's partition or a chunk
+    for each end, stored and read back exactly, the rollup with them."""
+    from edge.codecs.limits import EARLIEST, LATEST
+
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+    ends = [(EARLIEST, 1.0), (LATEST - timedelta(minutes=1), 2.0), (LATEST, 3.0)]
+    rows = [(t, "dev-clock", "", None, 0, "v", v, "V", "t", f"gw/1/{i}") for i, (t, v) in enumerate(ends)]
+    sink = SinkDb(db)
+    try:
+        assert sink.write(rows, []) == 3
+        assert sink.write(rows, []) == 0
+    finally:
+        sink.close()
+    with pg.connect(db, autocommit=True) as conn:
+        assert conn.execute("SELECT time, value FROM iot_measurements ORDER BY time").fetchall() == [
+            (r[0], r[6]) for r in rows]
+        assert _rollup_drift(conn) == []
