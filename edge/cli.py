@@ -152,6 +152,78 @@ def _migrate(cfg: config.Config) -> int:
     return EXIT_OK
 
 
+BATTERY_KEYS = ("capacity_kwh", "power_kw", "charge_kw", "discharge_kw", "efficiency", "soc_kwh", "soc_min_kwh",
+                "soc_max_kwh", "cost_eur_per_mwh")
+
+
+def _battery(spec: str):
+    """``capacity_kwh=..,power_kw=..,...`` into a Battery; defaults: soc_min 0, soc_max the
+    capacity, soc the minimum, no degradation cost."""
+    from difflib import get_close_matches
+
+    from edge.market.plan import Battery
+
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, text = part.partition("=")
+        if key not in BATTERY_KEYS:
+            near = get_close_matches(key, BATTERY_KEYS, 1)
+            raise InputError(f"--battery: unknown key {key!r}{f'; did you mean {near[0]!r}?' if near else ''} "
+                             f"(keys: {', '.join(BATTERY_KEYS)})")
+        try:
+            values[key] = float(text) if sep else float("nan")
+        except ValueError:
+            raise InputError(f"--battery: {key} must be a number, got {text!r}") from None
+    missing = [k for k in ("capacity_kwh", "efficiency") if k not in values]
+    if "power_kw" not in values and not {"charge_kw", "discharge_kw"} <= set(values):
+        missing.append("power_kw")
+    if missing:
+        raise InputError(f"--battery: missing {', '.join(missing)}")
+    power = values.get("power_kw")
+    soc_min = values.get("soc_min_kwh", 0.0)
+    battery = Battery(capacity_kwh=values["capacity_kwh"], charge_kw=values.get("charge_kw", power),
+                      discharge_kw=values.get("discharge_kw", power), efficiency=values["efficiency"],
+                      soc_kwh=values.get("soc_kwh", soc_min), soc_min_kwh=soc_min,
+                      soc_max_kwh=values.get("soc_max_kwh", values["capacity_kwh"]),
+                      cost_eur_per_mwh=values.get("cost_eur_per_mwh", 0.0))
+    problems = battery.problems()
+    if problems:
+        raise InputError(f"--battery: {'; '.join(problems)}")
+    return battery
+
+
+def _market_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.codecs.redata import read_prices
+    from edge.market.plan import PlanError, plan
+
+    battery = _battery(args.battery)
+    try:
+        with open(args.prices, "rb") as f:
+            body = f.read(64 * 1024 * 1024 + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {args.prices}: {exc.strerror}") from exc
+    if len(body) > 64 * 1024 * 1024:
+        raise InputError(f"{args.prices}: larger than 64 MiB, not a prices answer")
+    try:
+        prices = read_prices(body, args.series)
+    except CodecError as exc:
+        raise InputError(f"{args.prices}: {exc}") from exc
+    try:
+        result = plan(prices, battery, levels=args.levels, end_soc_kwh=args.end_soc_kwh)
+    except PlanError as exc:
+        raise InputError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return EXIT_OK
+    print(f"{'start (UTC)':<26} {'€/MWh':>9} {'power kW':>10} {'soc kWh':>10}")
+    for s in result.steps:
+        print(f"{s.start.isoformat():<26} {s.price:>9.2f} {s.power_kw:>10.3f} {s.soc_kwh:>10.3f}")
+    print(f"profit: {result.profit_eur:.2f} EUR over {len(result.steps)} steps")
+    return EXIT_OK
+
+
 def _registry(args: argparse.Namespace) -> int:
     from edge.codecs import registry as registry_mod
     from edge.io import pg, registry_db
@@ -356,6 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="summary of a running gateway or server (exit 0 ok, 1 degraded, 2 down)")
     st.add_argument("--url", default="http://127.0.0.1:9108", help="its metrics address")
     st.set_defaults(func=_status, prog=st.prog)
+
+    market = sub.add_parser("market", help="the electricity market: plan a battery's dispatch over known prices")
+    market_sub = market.add_subparsers(dest="market_command", required=True)
+    mplan = market_sub.add_parser(
+        "plan", help="the schedule that earns the most for a battery over a REData prices answer",
+        description="Plan one battery over the prices of FILE (a REData prices answer, protocols.md §4) under "
+        "the energy model of docs/market.md: dynamic programming over state-of-charge levels, exact for "
+        "its levels. Exit 2 on a bad answer, battery or end state.")
+    mplan.add_argument("--prices", required=True, metavar="FILE", help="a REData prices answer (JSON)")
+    mplan.add_argument("--series", choices=["spot", "pvpc"], default="spot")
+    mplan.add_argument("--battery", required=True, metavar="K=V,...",
+                       help="capacity_kwh, power_kw (or charge_kw and discharge_kw), efficiency (round "
+                       "trip), soc_kwh, soc_min_kwh, soc_max_kwh, cost_eur_per_mwh (degradation per MWh sold)")
+    mplan.add_argument("--end-soc-kwh", type=float, metavar="X", help="end with at least X kWh (default: free)")
+    mplan.add_argument("--levels", type=int, default=201, help="state-of-charge levels, at most (default 201)")
+    mplan.add_argument("--json", action="store_true", help='print {"profit_eur": P, "steps": [...]}')
+    mplan.set_defaults(func=_market_plan, prog=mplan.prog)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version, prog=version.prog)

@@ -21,11 +21,13 @@ def test_help_lists_only_commands_that_exist():
     from edge.cli import build_parser
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
-    assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "receiver",
+    assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "market", "receiver",
                                        "registry", "server", "simulate", "status", "version"]
     assert edge("--help").returncode == 0
-    result = edge("market")
-    assert result.returncode == 2 and "invalid choice: 'market'" in result.stderr
+    result = edge("api")
+    assert result.returncode == 2 and "invalid choice: 'api'" in result.stderr
+    (market,) = [a for a in commands.choices["market"]._actions if a.dest == "market_command"]
+    assert sorted(market.choices) == ["plan"]  # fetch and the command actor's verbs come with them
 
 
 @pytest.mark.parametrize("path", ["deploy/pi/gateway.toml", "deploy/server/server.toml"])

@@ -1,6 +1,7 @@
 """The house's rooms, checked: who may import whom (docs/architecture.md, "Layout").
 
 - ``edge.codecs`` imports nothing of ours but ``edge.errors`` (and its own modules);
+- ``edge.market`` (the market's logic) imports nothing of ours but the codecs and errors;
 - ``edge.runtime`` imports no adapter, actor, tool or wiring;
 - ``edge.io`` never imports actors, tools or the wiring;
 - only the wiring (``edge.app``), the CLI and the tools import actors (besides actors);
@@ -47,6 +48,9 @@ def violations(root: Path) -> list[str]:
         ours = _within(imported, "edge")
         if _within(importer, "edge.codecs") and ours and not _within(imported, "edge.codecs", "edge.errors"):
             out.append(f"{where}: codecs import nothing of ours but edge.errors")
+        if _within(importer, "edge.market") and ours and not _within(imported, "edge.market", "edge.codecs",
+                                                                       "edge.errors"):
+            out.append(f"{where}: the market's logic imports nothing of ours but codecs and errors")
         if _within(importer, "edge.runtime") and _within(imported, "edge.io", "edge.actors", *WIRING):
             out.append(f"{where}: the runtime imports no adapter, actor, tool or wiring")
         if _within(importer, "edge.io") and _within(imported, "edge.actors", *WIRING):
@@ -71,10 +75,12 @@ def test_the_check_finds_a_wrong_import(tmp_path):
         "edge/io/pg.py": "from edge.actors.sink import TimescaleSink\n",
         "edge/runtime/log.py": "import edge.actors.buffer\n",
         "actors/sink.py": "import psycopg\n",
+        "edge/market/plan.py": "from edge.io import pg\n",
     }
     for name, line in wrong.items():
         path = tmp_path / name
         path.write_text(path.read_text(encoding="utf-8") + "\n" + line, encoding="utf-8")
     found = violations(tmp_path)
     assert {v.split(":")[0] for v in found} == {
-        "edge.actors.sink", "edge.codecs.f2", "edge.io.pg", "edge.runtime.health", "edge.runtime.log"}, found
+        "edge.actors.sink", "edge.codecs.f2", "edge.io.pg", "edge.market.plan", "edge.runtime.health",
+        "edge.runtime.log"}, found
