@@ -224,6 +224,56 @@ def _market_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REFERENCE_BATTERY = ("capacity_kwh=1000,power_kw=500,efficiency=0.9,soc_kwh=100,soc_min_kwh=100,soc_max_kwh=900,"
+                     "cost_eur_per_mwh=10")
+
+
+def _date(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _market_fetch(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.codecs.redata import read_prices
+    from edge.errors import ServiceRefused
+    from edge.io.redata import REData
+    from edge.market.alerts import Thresholds, arbitrage_alert, price_alerts
+
+    battery = _battery(args.battery)
+    with REData(args.base_url, timeout_s=args.timeout, attempts=args.attempts) as api:
+        try:
+            body = api.prices(args.date)
+        except ServiceRefused as exc:
+            raise InputError(str(exc)) from exc
+    try:
+        steps = read_prices(body, args.series)
+    except CodecError as exc:
+        raise InputError(f"REData's answer for {args.date}: {exc}") from exc
+    thresholds = Thresholds(high_eur_per_mwh=args.high)
+    alerts = price_alerts(steps, args.zone, thresholds)
+    arbitrage = arbitrage_alert(steps, battery, args.zone, thresholds)
+    alerts += [arbitrage] if arbitrage else []
+    if args.json:
+        print(json.dumps({"series": args.series, "steps": [
+            {"start": s.start.isoformat(), "hours": s.hours, "price": s.price} for s in steps], "alerts": alerts}))
+        return EXIT_OK
+    print(f"{args.series} {args.date} ({len(steps)} steps, UTC):")
+    for s in steps:
+        print(f"  {s.start.isoformat()}  {s.price:9.2f} EUR/MWh")
+    for alert in alerts:
+        print(f"alert {alert['alert_type']}: " + ", ".join(
+            f"{k}={v}" for k, v in alert.items() if k not in ("alert_type", "alert_id")))
+    if not alerts:
+        print("no alerts")
+    return EXIT_OK
+
+
 def _registry(args: argparse.Namespace) -> int:
     from edge.codecs import registry as registry_mod
     from edge.io import pg, registry_db
@@ -445,6 +495,25 @@ def build_parser() -> argparse.ArgumentParser:
     mplan.add_argument("--levels", type=int, default=201, help="state-of-charge levels, at most (default 201)")
     mplan.add_argument("--json", action="store_true", help='print {"profit_eur": P, "steps": [...]}')
     mplan.set_defaults(func=_market_plan, prog=mplan.prog)
+
+    fetch = market_sub.add_parser(
+        "fetch", help="one day's prices from REData and the alerts they would raise",
+        description="Fetch one day (Madrid time) from the REData API or a mirror of it, print its price steps "
+        "in UTC and the alerts they would raise (NEGATIVE_PRICE, HIGH_PRICE, ARBITRAGE_OPPORTUNITY for "
+        "the reference battery). Exit 2 when the API refuses the request or answers nonsense, 69 when it "
+        "cannot be reached after its retries.")
+    fetch.add_argument("--date", required=True, type=_date, metavar="YYYY-MM-DD")
+    fetch.add_argument("--base-url", default="https://apidatos.ree.es", help="the API or a local mirror")
+    fetch.add_argument("--series", choices=["spot", "pvpc"], default="spot")
+    fetch.add_argument("--zone", default="BZN|ES")
+    fetch.add_argument("--high", type=float, default=120.0, metavar="EUR_PER_MWH",
+                       help="HIGH_PRICE above this (default 120)")
+    fetch.add_argument("--battery", default=REFERENCE_BATTERY, metavar="K=V,...",
+                       help=f"the battery ARBITRAGE_OPPORTUNITY is computed for (default {REFERENCE_BATTERY})")
+    fetch.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per request (default 10)")
+    fetch.add_argument("--attempts", type=int, default=4, help="tries before giving up (default 4)")
+    fetch.add_argument("--json", action="store_true", help='print {"steps": [...], "alerts": [...]}')
+    fetch.set_defaults(func=_market_fetch, prog=fetch.prog)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version, prog=version.prog)

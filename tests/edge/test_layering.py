@@ -5,7 +5,7 @@
 - ``edge.runtime`` imports no adapter, actor, tool or wiring;
 - ``edge.io`` never imports actors, tools or the wiring;
 - only the wiring (``edge.app``), the CLI and the tools import actors (besides actors);
-- paho, sqlite3/sqlite-utils, kafka and psycopg are imported in ``edge.io`` only.
+- paho, sqlite3/sqlite-utils, kafka, psycopg and httpx are imported in ``edge.io`` only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = {"edge": "edge", "actors": "edge.actors", "codecs": "edge.codecs"}
-IO_LIBRARIES = {"paho", "sqlite3", "sqlite_utils", "kafka", "psycopg"}
+IO_LIBRARIES = {"paho", "sqlite3", "sqlite_utils", "kafka", "psycopg", "httpx"}
 WIRING = ("edge.app", "edge.cli", "edge.tools")
 
 

@@ -1,0 +1,129 @@
+"""The REData client and `edge market fetch` against a local HTTP server serving the recorded
+answers of fixtures/market: retries on 5xx and timeouts, no retry on 400, alerts printed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from edge.errors import ServiceRefused, ServiceUnavailable
+from edge.io.redata import PRICES, REData
+
+MARKET = Path(__file__).resolve().parents[2] / "fixtures" / "market"
+EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
+DAYS = {"2026-07-26": "prices-2026-07-26-hourly.json", "2026-03-29": "prices-2026-03-29-dst-23h.json"}
+
+
+class Mirror(ThreadingHTTPServer):
+    """A REData mirror: the recorded day for its start_date, a 400 body for an unknown one;
+    ``fail`` answers 500 to that many requests first, ``stall_s`` waits before answering."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.fail = 0
+        self.stall_s = 0.0
+        self.requests: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Mirror
+
+    def do_GET(self) -> None:  # noqa: N802 - the library's name
+        self.server.requests.append(self.path)
+        url = urlparse(self.path)
+        if self.server.stall_s:
+            time.sleep(self.server.stall_s)
+        if self.server.fail > 0:
+            self.server.fail -= 1
+            return self._send(500, b"<html>Internal Server Error</html>", "text/html")
+        day = parse_qs(url.query).get("start_date", [""])[0][:10]
+        if url.path != PRICES or day not in DAYS:
+            return self._send(400, (MARKET / "error-400.json").read_bytes())
+        self._send(200, (MARKET / DAYS[day]).read_bytes())
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror():
+    server = Mirror()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_day_is_asked_in_madrid_time_and_a_500_is_retried_with_backoff(mirror):
+    mirror.fail = 2
+    waits: list[float] = []
+    with REData(mirror.url, attempts=4, backoff_s=1.0, sleep=waits.append) as api:
+        body = api.prices(date(2026, 7, 26))
+    assert body == (MARKET / DAYS["2026-07-26"]).read_bytes()
+    assert len(mirror.requests) == 3
+    assert "start_date=2026-07-26T00%3A00" in mirror.requests[0] and "end_date=2026-07-26T23%3A59" in mirror.requests[0]
+    assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0  # doubling, jittered
+
+
+def test_a_400_is_refused_at_once_with_the_apis_words(mirror):
+    with REData(mirror.url, sleep=lambda s: None) as api:
+        with pytest.raises(ServiceRefused, match="HTTP 400: Parámetros incorrectos: La fecha de inicio"):
+            api.prices(date(2030, 1, 1))
+    assert len(mirror.requests) == 1  # a deterministic refusal is not retried
+
+
+def test_retries_end_and_say_why(mirror):
+    mirror.fail = 99
+    with REData(mirror.url, attempts=3, sleep=lambda s: None) as api:
+        with pytest.raises(ServiceUnavailable, match=r"HTTP 500 \(3 attempts\)"):
+            api.prices(date(2026, 7, 26))
+    mirror.fail, mirror.stall_s = 0, 1.0
+    with REData(mirror.url, attempts=2, timeout_s=0.2, sleep=lambda s: None) as api:
+        with pytest.raises(ServiceUnavailable, match=r"timed out .*\(2 attempts\)"):
+            api.prices(date(2026, 7, 26))
+
+
+def fetch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EDGE, "market", "fetch", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_edge_market_fetch_prints_the_day_and_its_alerts(mirror):
+    out = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["steps"]) == 24 and doc["steps"][0]["start"] == "2026-07-25T22:00:00+00:00"
+    assert [a["alert_type"] for a in doc["alerts"]] == ["NEGATIVE_PRICE", "HIGH_PRICE", "ARBITRAGE_OPPORTUNITY"]
+    text = fetch("--date", "2026-03-29", "--base-url", mirror.url)
+    assert text.returncode == 0 and "(23 steps, UTC)" in text.stdout
+
+
+def test_edge_market_fetch_exits_2_on_a_refusal_and_69_when_unreachable(mirror):
+    out = fetch("--date", "2030-01-01", "--base-url", mirror.url)
+    assert out.returncode == 2 and "Parámetros incorrectos" in out.stderr
+    out = fetch("--date", "2026-07-26", "--base-url", "http://127.0.0.1:9", "--attempts", "1")
+    assert out.returncode == 69 and "REData at http://127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
