@@ -259,9 +259,13 @@ def _market_fetch(args: argparse.Namespace) -> int:
     alerts = price_alerts(steps, args.zone, thresholds)
     arbitrage = arbitrage_alert(steps, battery, args.zone, thresholds)
     alerts += [arbitrage] if arbitrage else []
+    stored = _market_store(args.store, args.zone, args.series, steps, alerts) if args.store else None
     if args.json:
-        print(json.dumps({"series": args.series, "steps": [
-            {"start": s.start.isoformat(), "hours": s.hours, "price": s.price} for s in steps], "alerts": alerts}))
+        doc = {"series": args.series, "steps": [{"start": s.start.isoformat(), "hours": s.hours, "price": s.price}
+                                                for s in steps], "alerts": alerts}
+        if stored is not None:
+            doc["stored"] = {"prices": stored[0], "alerts": stored[1]}
+        print(json.dumps(doc))
         return EXIT_OK
     print(f"{args.series} {args.date} ({len(steps)} steps, UTC):")
     for s in steps:
@@ -271,7 +275,19 @@ def _market_fetch(args: argparse.Namespace) -> int:
             f"{k}={v}" for k, v in alert.items() if k not in ("alert_type", "alert_id")))
     if not alerts:
         print("no alerts")
+    if stored is not None:
+        print(f"stored: {stored[0]} of {len(steps)} prices new or changed, {stored[1]} of {len(alerts)} alerts new")
     return EXIT_OK
+
+
+def _market_store(path: str, zone: str, series: str, steps, alerts) -> tuple[int, int]:
+    from edge.io import market_db, pg
+
+    cfg = _load(path)
+    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("storing market data"):
+        if pg.pending(conn):
+            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+        return market_db.store_prices(conn, zone, series, steps), len(market_db.store_alerts(conn, alerts))
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -513,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per request (default 10)")
     fetch.add_argument("--attempts", type=int, default=4, help="tries before giving up (default 4)")
     fetch.add_argument("--json", action="store_true", help='print {"steps": [...], "alerts": [...]}')
+    fetch.add_argument("--store", metavar="CONFIG",
+                       help="also store the prices and the new alerts in the server's database ([postgres] of CONFIG)")
     fetch.set_defaults(func=_market_fetch, prog=fetch.prog)
 
     version = sub.add_parser("version", help="print the version")

@@ -60,7 +60,7 @@ def storage(request, storage_dsn) -> str:
 
 
 ALL = ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index", "0005_state_order",
-       "0006_conflicts", "0007_rollup_table"]
+       "0006_conflicts", "0007_rollup_table", "0008_market"]
 
 
 def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_storage(db, storage):
@@ -68,7 +68,8 @@ def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_stora
         assert pg.pending(conn) == ALL
         notices: list[str] = []
         applied = pg.migrate(conn, notices=notices)
-        variants = [(1, "all"), (2, storage), (3, "all"), (4, storage), (5, "all"), (6, "all"), (7, storage)]
+        variants = [(1, "all"), (2, storage), (3, "all"), (4, storage), (5, "all"), (6, "all"), (7, storage),
+                    (8, "all")]
         assert [(m.version, m.variant) for m in applied] == variants
         assert notices == []  # e.g. no key column left out of TimescaleDB's compression settings
         assert pg.migrate(conn) == []
@@ -472,7 +473,7 @@ def test_a_timescaledb_database_migrated_with_the_first_0002_is_converted_with_i
                      "FROM generate_series(0, 999) AS i")
         assert conn.execute("SELECT coalesce(sum(n), 0) FROM iot_measurements_hourly").fetchone() == (0,)
         notices.clear()
-        assert [(m.version, m.variant) for m in pg.migrate(conn, notices=notices)] == [(7, "timescaledb")]
+        assert [(m.version, m.variant) for m in pg.migrate(conn, notices=notices)][0] == (7, "timescaledb")
         assert notices == []
         assert pg.migrate(conn) == []  # the first 0002 is accepted as applied: SUPERSEDED
         assert conn.execute("SELECT count(*) FROM timescaledb_information.continuous_aggregates").fetchone() == (0,)
@@ -548,3 +549,29 @@ def test_the_whole_time_range_the_limits_let_in_is_stored_on_both_storages(db):
         assert conn.execute("SELECT time, value FROM iot_measurements ORDER BY time").fetchall() == [
             (r[0], r[6]) for r in rows]
         assert _rollup_drift(conn) == []
+
+
+def test_market_prices_are_upserted_and_alerts_stored_once_by_their_identity(db):
+    from edge.codecs.redata import read_prices
+    from edge.io import market_db
+    from edge.market.alerts import arbitrage_alert, price_alerts
+    from edge.market.plan import Battery
+
+    with pg.connect(db, autocommit=True) as conn:
+        pg.migrate(conn)
+        steps = read_prices((REPO / "fixtures" / "market" / "prices-2026-07-27-quarter-hourly.json").read_bytes())
+        assert market_db.store_prices(conn, "BZN|ES", "spot", steps) == 96
+        assert market_db.store_prices(conn, "BZN|ES", "spot", steps) == 0  # the same answer again
+        revised = [*steps[:10], type(steps[10])(steps[10].start, steps[10].hours, steps[10].price + 1), *steps[11:]]
+        assert market_db.store_prices(conn, "BZN|ES", "spot", revised) == 1
+        hourly = [type(s)(s.start, 1.0, s.price) for s in steps[::4]]  # the same series hourly: kept beside
+        assert market_db.store_prices(conn, "BZN|ES", "spot", hourly) == 24
+        rows = conn.execute("SELECT count(*), count(DISTINCT start) FROM market_prices").fetchone()
+        assert rows == (120, 96)
+        assert conn.execute("SELECT price FROM market_prices WHERE start = %s AND resolution = '15 minutes'",
+                            (steps[10].start,)).fetchone() == (steps[10].price + 1,)
+        alerts = price_alerts(steps) + [arbitrage_alert(steps, Battery(1000, 500, 500, 0.9, 100, 100, 900, 10))]
+        assert [a["alert_type"] for a in market_db.store_alerts(conn, alerts)] == [a["alert_type"] for a in alerts]
+        assert market_db.store_alerts(conn, alerts) == []  # once, by zone, type and window
+        kept = conn.execute("SELECT kind, alert_key, body->>'expected_profit_eur' FROM alerts ORDER BY id").fetchall()
+        assert [k for k, _, _ in kept] == [a["alert_type"] for a in alerts] and kept[-1][2] is not None

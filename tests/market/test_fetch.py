@@ -127,3 +127,29 @@ def test_edge_market_fetch_exits_2_on_a_refusal_and_69_when_unreachable(mirror):
     out = fetch("--date", "2026-07-26", "--base-url", "http://127.0.0.1:9", "--attempts", "1")
     assert out.returncode == 69 and "REData at http://127.0.0.1:9" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_edge_market_fetch_store_keeps_prices_and_alerts_once_across_runs(mirror, storage_dsn, unique, tmp_path):
+    """Two runs of the same day (a restart, a re-fetch): the second stores nothing new."""
+    import psycopg
+
+    with psycopg.connect(storage_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{unique}"')
+    try:
+        userinfo, hostpart = storage_dsn.split("://", 1)[1].split("@", 1)
+        host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
+        toml = tmp_path / "server.toml"
+        toml.write_text(f'[postgres]\nhost = "{host}"\nport = {port}\ndbname = "{unique}"\nuser = "{userinfo}"\n')
+        out = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml))
+        assert out.returncode == 2 and "edge server migrate" in out.stderr  # not migrated: says so
+        assert subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True).returncode == 0
+        first = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
+        again = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
+        assert json.loads(first.stdout)["stored"] == {"prices": 24, "alerts": 3}, first.stderr
+        assert json.loads(again.stdout)["stored"] == {"prices": 0, "alerts": 0}, again.stderr
+        with psycopg.connect(storage_dsn.rsplit("/", 1)[0] + "/" + unique) as conn:
+            assert conn.execute("SELECT count(*) FROM market_prices").fetchone() == (24,)
+            assert conn.execute("SELECT count(*) FROM alerts WHERE alert_key IS NOT NULL").fetchone() == (3,)
+    finally:
+        with psycopg.connect(storage_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{unique}" WITH (FORCE)')
