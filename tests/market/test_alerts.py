@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from edge.codecs.redata import PriceStep, read_prices
 from edge.market.alerts import Thresholds, arbitrage_alert, price_alerts
 from edge.market.plan import Battery
@@ -46,3 +49,19 @@ def test_a_wide_spread_whose_cheap_hours_come_last_is_no_opportunity():
     full = Battery(1000, 500, 500, 0.9, 900, 100, 900, 10)
     alert = arbitrage_alert(falling, full)  # a full one can: sell early, buy back late
     assert alert is not None and alert["best_discharge_at"] < (alert["best_charge_at"] or "~")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-100, 300, allow_nan=False), max_size=60), st.sets(st.integers(0, 59), max_size=5))
+def test_the_runs_cover_exactly_the_steps_beyond_each_threshold_once(prices, holes):
+    t0 = datetime(2026, 7, 26, tzinfo=UTC)
+    steps = [PriceStep(t0 + timedelta(hours=i), 1.0, p) for i, p in enumerate(prices) if i not in holes]
+    alerts = price_alerts(steps)
+    for kind, inside, pick in (("NEGATIVE_PRICE", lambda p: p < 0, min), ("HIGH_PRICE", lambda p: p > 120, max)):
+        runs = [a for a in alerts if a["alert_type"] == kind]
+        covered = [s for s in steps for a in runs if a["starts_at"] <= s.start.isoformat() < a["ends_at"]]
+        assert covered == [s for s in steps if inside(s.price)]  # each such step in exactly one run
+        for a in runs:
+            within = [s.price for s in steps if a["starts_at"] <= s.start.isoformat() < a["ends_at"]]
+            assert a["price"] == pick(within)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
