@@ -36,7 +36,6 @@ from edge.errors import MigrationError, SchemaNotReady, ServiceRefused, ServiceU
 # that meets a row stored in a compressed chunk (timescale/timescaledb#7672): the sink's
 # replay path. Refused by migrate and by the sink.
 TIMESCALE_MIN = (2, 18, 1)
-STORAGES = ("auto", "timescaledb", "postgres")
 
 # Former contents of migration files, accepted as applied (file name: sha256 of the old
 # text). 0002 on TimescaleDB made the hourly rollup a continuous aggregate and left two
