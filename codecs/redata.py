@@ -84,14 +84,15 @@ def _document(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _point(value: Any, where: str) -> tuple[datetime, float]:
+def _point(value: Any, where: str, bounds: tuple[float, float] = (PRICE_MIN, PRICE_MAX),
+           what: str = "price", unit: str = "€/MWh") -> tuple[datetime, float]:
     if not isinstance(value, dict):
         raise PayloadError("a value is not an object", field=where, reason="bad_answer")
     price, text = value.get("value"), value.get("datetime")
     if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price):
         raise PayloadError(f"value {price!r} is not a number", field=f"{where}.value", reason="bad_value")
-    if not PRICE_MIN <= price <= PRICE_MAX:
-        raise PayloadError(f"price {price} €/MWh is outside {PRICE_MIN:,.0f} to {PRICE_MAX:,.0f}",
+    if not bounds[0] <= price <= bounds[1]:
+        raise PayloadError(f"{what} {price} {unit} is outside {bounds[0]:,.0f} to {bounds[1]:,.0f}",
                            field=f"{where}.value", reason="out_of_range")
     try:
         at = datetime.fromisoformat(text) if isinstance(text, str) else None
@@ -114,3 +115,71 @@ def _steps(points: list[tuple[datetime, float]], where: str) -> list[PriceStep]:
     last = lengths[-1] if lengths else STEPS[1]
     return [PriceStep(at, length.total_seconds() / 3600, price)
             for (at, price), length in zip(points, [*lengths, last], strict=True)]
+
+
+# Cross-border exchanges (``/es/datos/intercambios/todas-fronteras-fisicos`` and
+# ``-programados``): ``included[]`` has one entry per neighbour, its ``attributes.content[]``
+# the flow series; the one of ``type == "saldo"`` is the net import in MWh per step
+# (negative: Spain exports). Neighbours by their type or id, in Spanish or English.
+BORDERS = {"francia": "FR", "france": "FR", "portugal": "PT", "marruecos": "MA", "morocco": "MA",
+           "andorra": "AD"}
+FLOW_MAX_MWH = 50_000.0  # every interconnection of Spain together carries under 15 GW
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """The net exchange with one neighbour over one step: ``net_mw`` > 0 imports into Spain,
+    < 0 exports (the step's energy divided by its length)."""
+
+    border: str  # the neighbour's ISO code: FR, PT, MA, AD
+    start: datetime  # UTC
+    hours: float
+    net_mw: float
+
+    @property
+    def direction(self) -> str:
+        return f"{self.border}>ES" if self.net_mw > 0 else f"ES>{self.border}"
+
+
+def read_exchanges(body: bytes | str | dict[str, Any]) -> tuple[list[Exchange], list[PayloadError]]:
+    """Every neighbour's net exchange steps, and the neighbours that could not be read (each
+    a ``PayloadError`` naming its field): a broken border does not cost the others. A
+    broken answer as a whole raises."""
+    doc = _document(body)
+    if doc.get("errors"):
+        read_prices(doc)  # raises the API's error as prices do
+    included = doc.get("included")
+    if not isinstance(included, list):
+        raise PayloadError("the answer has no included[] list of borders", field="included", reason="bad_answer")
+    out: list[Exchange] = []
+    problems: list[PayloadError] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(included):
+        name = next((str(entry.get(k)).lower() for k in ("type", "id") if isinstance(entry, dict)
+                     and str(entry.get(k)).lower() in BORDERS), None)
+        if name is None:
+            continue  # a total or a neighbour this runtime does not know: not an error
+        border = BORDERS[name]
+        where = f"included[{i}]({name})"
+        try:
+            if border in seen:
+                raise PayloadError(f"{border} appears twice", field=where, reason="duplicate_series")
+            seen.add(border)
+            content = (entry.get("attributes") or {}).get("content")
+            saldo = [c for c in content or () if isinstance(c, dict) and c.get("type") == "saldo"]
+            if len(saldo) != 1:
+                raise PayloadError(f"{'no' if not saldo else 'more than one'} saldo series for {border}",
+                                   field=f"{where}.attributes.content", reason="missing_series")
+            values = (saldo[0].get("attributes") or {}).get("values")
+            at = f"{where}.saldo.values"
+            if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
+                raise PayloadError(f"the saldo series of {border} has no values or too many", field=at,
+                                   reason="bad_answer")
+            points = sorted((_point(v, f"{at}[{j}]", (-FLOW_MAX_MWH, FLOW_MAX_MWH), "energy", "MWh")
+                             for j, v in enumerate(values)), key=lambda p: p[0])
+            out += [Exchange(border, s.start, s.hours, s.price / s.hours) for s in _steps(points, at)]
+        except PayloadError as exc:
+            problems.append(exc)
+    if not out and not problems:
+        raise PayloadError("no known border in the answer", field="included", reason="missing_series")
+    return out, problems

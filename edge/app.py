@@ -3,8 +3,8 @@
 - ``run_gateway``: source -> decoder -> buffer -> uplink (and the command router), with an
   MQTT link to the central broker or, for a single-node site, an in-process one;
 - ``run_receiver``: the uplink receiver into the single-node SQLite store;
-- ``run_server``: the server actors ``[server]`` turns on (sink, stream decoder, receiver
-  into Kafka, bridge);
+- ``run_server``: the server actors ``[server]`` turns on (sink, market, stream decoder,
+  receiver into Kafka, bridge);
 - the demo (``edge.tools.demo``) runs ``gateway_specs`` with a simulated source.
 
 Who sends what to whom: ``GATEWAY_EDGES`` below, given to each actor's spec as
@@ -194,6 +194,7 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     first, then the stream decoder, then what takes MQTT in (receiver, bridge). ``store`` is
     the receiver's Kafka store (None when the receiver is off)."""
     from edge.actors.bridge import DirectBridge
+    from edge.actors.market import MarketActor
     from edge.actors.sink import TimescaleSink
     from edge.actors.stream_decoder import StreamDecoder
 
@@ -203,6 +204,9 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     if on.sink:
         specs.append(ActorSpec("sink", lambda ctx: TimescaleSink.start(
             ctx, cfg.kafka, cfg.postgres, cfg.sink, f"{base}-sink"), sends_to=()))
+    if on.market:
+        specs.append(ActorSpec("market", lambda ctx: MarketActor.start(
+            ctx, cfg.market, cfg.kafka, cfg.postgres, f"{base}-market"), sends_to=()))
     if on.decoder:
         specs.append(ActorSpec("stream_decoder", lambda ctx: StreamDecoder.start(
             ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder"), sends_to=()))
@@ -243,7 +247,8 @@ def run_server(cfg: Config) -> int:
     preflight(cfg, "server")
     base = kafka_client_base(cfg)
     ensure_topics(cfg.kafka, f"{base}-admin",
-                  [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics))
+                  [t for _, t in parse_mappings(cfg.bridge.mappings)] + list(cfg.stream_decoder.topics)
+                  + ([cfg.market.alerts_topic] if cfg.server.market else []))
     store = KafkaStore(cfg.kafka, f"{base}-receiver") if cfg.server.receiver else None
     try:
         return run_graph(server_specs(cfg, store), cfg)

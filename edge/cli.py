@@ -152,44 +152,13 @@ def _migrate(cfg: config.Config) -> int:
     return EXIT_OK
 
 
-BATTERY_KEYS = ("capacity_kwh", "power_kw", "charge_kw", "discharge_kw", "efficiency", "soc_kwh", "soc_min_kwh",
-                "soc_max_kwh", "cost_eur_per_mwh")
-
-
 def _battery(spec: str):
-    """``capacity_kwh=..,power_kw=..,...`` into a Battery; defaults: soc_min 0, soc_max the
-    capacity, soc the minimum, no degradation cost."""
-    from difflib import get_close_matches
+    from edge.market.battery import parse_battery
 
-    from edge.market.plan import Battery
-
-    values: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        key, sep, text = part.partition("=")
-        if key not in BATTERY_KEYS:
-            near = get_close_matches(key, BATTERY_KEYS, 1)
-            raise InputError(f"--battery: unknown key {key!r}{f'; did you mean {near[0]!r}?' if near else ''} "
-                             f"(keys: {', '.join(BATTERY_KEYS)})")
-        try:
-            values[key] = float(text) if sep else float("nan")
-        except ValueError:
-            raise InputError(f"--battery: {key} must be a number, got {text!r}") from None
-    missing = [k for k in ("capacity_kwh", "efficiency") if k not in values]
-    if "power_kw" not in values and not {"charge_kw", "discharge_kw"} <= set(values):
-        missing.append("power_kw")
-    if missing:
-        raise InputError(f"--battery: missing {', '.join(missing)}")
-    power = values.get("power_kw")
-    soc_min = values.get("soc_min_kwh", 0.0)
-    battery = Battery(capacity_kwh=values["capacity_kwh"], charge_kw=values.get("charge_kw", power),
-                      discharge_kw=values.get("discharge_kw", power), efficiency=values["efficiency"],
-                      soc_kwh=values.get("soc_kwh", soc_min), soc_min_kwh=soc_min,
-                      soc_max_kwh=values.get("soc_max_kwh", values["capacity_kwh"]),
-                      cost_eur_per_mwh=values.get("cost_eur_per_mwh", 0.0))
-    problems = battery.problems()
-    if problems:
-        raise InputError(f"--battery: {'; '.join(problems)}")
-    return battery
+    try:
+        return parse_battery(spec)
+    except ValueError as exc:
+        raise InputError(f"--battery: {exc}") from None
 
 
 def _market_plan(args: argparse.Namespace) -> int:
@@ -222,10 +191,6 @@ def _market_plan(args: argparse.Namespace) -> int:
         print(f"{s.start.isoformat():<26} {s.price:>9.2f} {s.power_kw:>10.3f} {s.soc_kwh:>10.3f}")
     print(f"profit: {result.profit_eur:.2f} EUR over {len(result.steps)} steps")
     return EXIT_OK
-
-
-REFERENCE_BATTERY = ("capacity_kwh=1000,power_kw=500,efficiency=0.9,soc_kwh=100,soc_min_kwh=100,soc_max_kwh=900,"
-                     "cost_eur_per_mwh=10")
 
 
 def _date(text: str):
@@ -524,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--zone", default="BZN|ES")
     fetch.add_argument("--high", type=float, default=120.0, metavar="EUR_PER_MWH",
                        help="HIGH_PRICE above this (default 120)")
+    from edge.market.battery import REFERENCE_BATTERY
+
     fetch.add_argument("--battery", default=REFERENCE_BATTERY, metavar="K=V,...",
                        help=f"the battery ARBITRAGE_OPPORTUNITY is computed for (default {REFERENCE_BATTERY})")
     fetch.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per request (default 10)")

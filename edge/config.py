@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge.errors import ConfigError, ConfigProblem
+from edge.market.battery import REFERENCE_BATTERY, parse_battery
+from edge.market.flows import DEFAULT_NTC_MW, parse_ntc
 
 MASK = "********"
 
@@ -356,6 +358,7 @@ class ServerConfig:
     bridge: bool = True
     decoder: bool = True
     sink: bool = True
+    market: bool = False  # fetches from the internet (or [market] base_url): turned on where wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +407,58 @@ class SinkConfig:
     retry_max_s: float = _checked(15.0, _check_positive)
 
 
+def _check_battery(value: str) -> str | None:
+    try:
+        parse_battery(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_ntc(value: tuple[str, ...]) -> str | None:
+    try:
+        parse_ntc(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_clock_time(value: str) -> str | None:
+    hours, sep, minutes = value.partition(":")
+    ok = sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60
+    return None if ok else f"must be a time of day HH:MM (Madrid), got {value!r}"
+
+
+def _check_series(value: tuple[str, ...]) -> str | None:
+    unknown = [v for v in value if v not in ("spot", "pvpc")]
+    return f"series are spot and pvpc, got {unknown}" if unknown or not value else None
+
+
+@dataclass(frozen=True, slots=True)
+class MarketConfig:
+    """The market actor (docs/market.md): REData prices and cross-border flows for one zone,
+    fetched every ``interval_s`` and at ``day_ahead_at`` (Madrid time, when the next day is
+    published), the last ``backfill_days`` days kept whole; alerts to ``alerts_topic``."""
+
+    base_url: str = _checked("https://apidatos.ree.es", _check_non_empty)
+    zone: str = _checked("BZN|ES", _check_non_empty)
+    series: tuple[str, ...] = _checked(("spot", "pvpc"), _check_series)
+    alert_series: Literal["spot", "pvpc"] = "spot"
+    flows: bool = True
+    interval_s: float = _checked(3600.0, _check_positive)
+    day_ahead_at: str = _checked("14:00", _check_clock_time)
+    backfill_days: int = _checked(7, lambda v: None if 1 <= v <= 366 else f"must be 1 to 366 days, got {v}")
+    timeout_s: float = _checked(10.0, _check_positive)
+    attempts: int = _checked(4, _check_positive)
+    retry_initial_s: float = _checked(30.0, _check_positive)  # after a failed round, doubling to interval_s
+    high_eur_per_mwh: float = 120.0
+    arbitrage_min_profit_eur: float = _checked(1.0, _check_non_negative)
+    battery: str = _checked(REFERENCE_BATTERY, _check_battery)
+    decoupling_percent: float = _checked(90.0, _check_positive)
+    ntc_mw: tuple[str, ...] = _checked(DEFAULT_NTC_MW, _check_ntc)
+    alerts_topic: str = _checked("market-alerts", _check_kafka_topic)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
@@ -424,6 +479,7 @@ class Config:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     stream_decoder: StreamDecoderConfig = field(default_factory=StreamDecoderConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
 
 
 ENV_PREFIX = "EDGE_"

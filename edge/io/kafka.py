@@ -454,3 +454,62 @@ def ensure_topics(cfg: KafkaConfig, client_id: str, extra: Sequence[str] = ()) -
         return []
     finally:
         admin.close()
+
+
+class TopicReader:
+    """Reads a topic outside any consumer group, for an outbox that must know what a dead
+    predecessor already sent: ``end_offsets()`` before sending, ``find()`` after a restart."""
+
+    def __init__(self, cfg: KafkaConfig, client_id: str, topic: str) -> None:
+        self.topic = topic
+        try:
+            self.consumer = KafkaConsumer(**_common(cfg, client_id), group_id=None, enable_auto_commit=False,
+                                          auto_offset_reset="earliest", consumer_timeout_ms=1000)
+        except KafkaError as exc:
+            raise unreachable(cfg, exc) from exc
+        self.cfg = cfg
+
+    def partitions(self) -> list[TopicPartition]:
+        try:
+            ids = self.consumer.partitions_for_topic(self.topic)
+        except KafkaError as exc:
+            raise unreachable(self.cfg, exc) from exc
+        if not ids:
+            raise ServiceUnavailable(f"Kafka has no partitions for {self.topic!r} (topic not created yet?)")
+        return [TopicPartition(self.topic, p) for p in sorted(ids)]
+
+    def end_offsets(self) -> dict[int, int]:
+        try:
+            ends = self.consumer.end_offsets(self.partitions())
+        except KafkaError as exc:
+            raise unreachable(self.cfg, exc) from exc
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    def find(self, since: dict[int, int], header: str, values: set[str], timeout_s: float = 30.0) -> set[str]:
+        """Which of ``values`` some record from ``since`` (partition -> offset) on carries in
+        its ``header``. Reads each partition up to the end it had when asked."""
+        ends = self.end_offsets()
+        todo = {TopicPartition(self.topic, p): o for p, o in since.items() if o < ends.get(p, 0)}
+        found: set[str] = set()
+        if not todo:
+            return found
+        self.consumer.assign(list(todo))
+        for tp, offset in todo.items():
+            self.consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"reading {self.topic!r} back took longer than {timeout_s:g} s")
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    found.update(v.decode("utf-8", "replace") for k, v in r.headers or () if k == header)
+            for tp in list(todo):
+                if self.consumer.position(tp) >= ends[tp.partition]:
+                    del todo[tp]
+        return found & values
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except (KafkaError, RuntimeError, OSError):
+            pass

@@ -1,7 +1,9 @@
 """The REData API over HTTP (httpx): bounded waits, retries with capped, jittered backoff.
 
 ``prices(day)`` asks ``{base}/es/datos/mercados/precios-mercados-tiempo-real`` for one day
-in Madrid time and returns the answer's bytes (``edge.codecs.redata`` reads them). What
+in Madrid time and returns the answer's bytes (``edge.codecs.redata`` reads them);
+``exchanges(day, kind)`` the cross-border exchanges, ``todas-fronteras-fisicos`` or
+``-programados``. What
 may pass is retried: a connection refused or reset, a timeout, HTTP 429 and 5xx. What will
 not pass is not: HTTP 400 (the API's ``{"errors": [...]}``, its title and detail in the
 error) and any other 4xx are ``ServiceRefused``. Retries exhausted are
@@ -22,6 +24,8 @@ import httpx
 from edge.errors import ServiceRefused, ServiceUnavailable
 
 PRICES = "/es/datos/mercados/precios-mercados-tiempo-real"
+EXCHANGES = {"physical": "/es/datos/intercambios/todas-fronteras-fisicos",
+             "scheduled": "/es/datos/intercambios/todas-fronteras-programados"}
 DEFAULT_BASE = "https://apidatos.ree.es"
 MAX_BODY = 16 * 1024 * 1024  # a year of quarter hours is under 2 MiB
 
@@ -51,6 +55,12 @@ class REData:
         params = {"start_date": f"{day:%Y-%m-%d}T00:00", "end_date": f"{day:%Y-%m-%d}T23:59",
                   "time_trunc": time_trunc}
         return self.get(PRICES, params)
+
+    def exchanges(self, day: date, kind: str = "physical") -> bytes:
+        """One day's cross-border exchanges (``physical`` or ``scheduled``), hourly."""
+        params = {"start_date": f"{day:%Y-%m-%d}T00:00", "end_date": f"{day:%Y-%m-%d}T23:59",
+                  "time_trunc": "hour"}
+        return self.get(EXCHANGES[kind], params)
 
     def get(self, path: str, params: dict[str, str]) -> bytes:
         url = self.base_url + path

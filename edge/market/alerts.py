@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge.codecs.redata import PriceStep
-from edge.market.plan import Battery, plan
+from edge.market.battery import Battery
 
 ZONE = "BZN|ES"
 
@@ -46,6 +46,8 @@ def arbitrage_alert(steps: Sequence[PriceStep], battery: Battery, zone: str = ZO
                     thresholds: Thresholds = Thresholds()) -> dict | None:
     """ARBITRAGE_OPPORTUNITY for ``battery`` over ``steps``, or None when it earns less than
     the threshold."""
+    from edge.market.plan import plan  # numpy: only where a plan is made
+
     if not steps:
         return None
     result = plan(steps, battery)

@@ -35,43 +35,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge.codecs.redata import PriceStep
+from edge.market.battery import Battery
 
 EPS = 1e-9
-
-
-@dataclass(frozen=True, slots=True)
-class Battery:
-    capacity_kwh: float
-    charge_kw: float  # most power taken from the grid
-    discharge_kw: float  # most power given to the grid
-    efficiency: float  # round trip, 0 < η ≤ 1
-    soc_kwh: float  # now
-    soc_min_kwh: float
-    soc_max_kwh: float
-    cost_eur_per_mwh: float = 0.0  # degradation, per MWh sold
-
-    def problems(self) -> list[str]:
-        """What makes this battery impossible, one line each (empty when it is fine)."""
-        out = []
-        for name in ("capacity_kwh", "charge_kw", "discharge_kw", "efficiency", "soc_kwh", "soc_min_kwh",
-                     "soc_max_kwh", "cost_eur_per_mwh"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                out.append(f"{name} must be a finite number, got {value!r}")
-        if out:
-            return out
-        if self.capacity_kwh <= 0:
-            out.append(f"capacity_kwh must be > 0, got {self.capacity_kwh}")
-        if self.charge_kw < 0 or self.discharge_kw < 0:
-            out.append(f"charge_kw and discharge_kw must be >= 0, got {self.charge_kw}, {self.discharge_kw}")
-        if not 0 < self.efficiency <= 1:
-            out.append(f"efficiency must be in (0, 1], got {self.efficiency}")
-        if self.cost_eur_per_mwh < 0:
-            out.append(f"cost_eur_per_mwh must be >= 0, got {self.cost_eur_per_mwh}")
-        if not 0 <= self.soc_min_kwh <= self.soc_kwh <= self.soc_max_kwh <= self.capacity_kwh:
-            out.append(f"must hold 0 <= soc_min_kwh ({self.soc_min_kwh}) <= soc_kwh ({self.soc_kwh}) <= "
-                       f"soc_max_kwh ({self.soc_max_kwh}) <= capacity_kwh ({self.capacity_kwh})")
-        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ an environment variable gives. Unset in any real deployment.
 | ``EDGE_FAULT_EXIT_BEFORE_CONFIRM`` | receiver | frames stored; neither MQTT-acked nor confirmed |
 | ``EDGE_FAULT_EXIT_BEFORE_DELETE`` | gateway uplink | a frame confirmed; its rows not deleted from the buffer |
 | ``EDGE_FAULT_EXIT_BEFORE_COMMIT`` | Kafka consumers | a batch durable; its offsets not committed |
+| ``EDGE_FAULT_EXIT_BEFORE_MARK`` | market actor | alerts in Kafka; not marked sent in PostgreSQL |
 
 (``EDGE_FAULT_CLOCK_FILE`` steps the system clock instead: edge/runtime/clock.py.)
 """
@@ -42,3 +43,4 @@ BEFORE_ACK = ExitAt("EDGE_FAULT_EXIT_BEFORE_ACK", "before PUBACK")
 BEFORE_CONFIRM = ExitAt("EDGE_FAULT_EXIT_BEFORE_CONFIRM", "before the MQTT ack and the confirmation")
 BEFORE_DELETE = ExitAt("EDGE_FAULT_EXIT_BEFORE_DELETE", "before the buffer deletes confirmed rows")
 BEFORE_COMMIT = ExitAt("EDGE_FAULT_EXIT_BEFORE_COMMIT", "before offset commit")
+BEFORE_MARK = ExitAt("EDGE_FAULT_EXIT_BEFORE_MARK", "before market alerts are marked sent")

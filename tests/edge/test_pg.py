@@ -60,7 +60,7 @@ def storage(request, storage_dsn) -> str:
 
 
 ALL = ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index", "0005_state_order",
-       "0006_conflicts", "0007_rollup_table", "0008_market"]
+       "0006_conflicts", "0007_rollup_table", "0008_market", "0009_market_actor"]
 
 
 def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_storage(db, storage):
@@ -69,7 +69,7 @@ def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_stora
         notices: list[str] = []
         applied = pg.migrate(conn, notices=notices)
         variants = [(1, "all"), (2, storage), (3, "all"), (4, storage), (5, "all"), (6, "all"), (7, storage),
-                    (8, "all")]
+                    (8, "all"), (9, "all")]
         assert [(m.version, m.variant) for m in applied] == variants
         assert notices == []  # e.g. no key column left out of TimescaleDB's compression settings
         assert pg.migrate(conn) == []
@@ -372,7 +372,9 @@ def test_a_replay_into_a_compressed_chunk_stores_every_new_row_once_and_keeps_th
     PostgreSQL the same batch goes into a day's partition that already holds rows."""
     with pg.connect(db, autocommit=True) as conn:
         pg.migrate(conn)
-    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=45)  # older than compress_after
+    # Older than compress_after, and within one day's chunk whatever the time of day (run at
+    # 23:45 UTC, 25 minutes of rows from 45 days ago spanned two chunks).
+    old = (datetime.now(UTC) - timedelta(days=45)).replace(hour=1, minute=0, second=0, microsecond=0)
     rows = _rows(old, 150, timedelta(seconds=10))
     sink = SinkDb(db)
     try:

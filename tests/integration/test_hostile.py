@@ -67,14 +67,6 @@ def poison(seq: int) -> list[tuple[str, str, bytes, str]]:
 POISON = poison(1)
 
 
-@pytest.fixture
-def site(tmp_path, site_mqtt, central_mqtt, unique, request):
-    marker = request.node.get_closest_marker("gateway_config")
-    s = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port, overrides=marker.args[0] if marker else {})
-    yield s
-    s.stop_all()
-
-
 def no_restarts(site: Site, role: str = "gateway") -> None:
     assert site.processes[role].poll() is None, f"the {role} exited"
     metrics = site.metrics(role)

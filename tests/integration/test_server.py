@@ -18,13 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def site(tmp_path, site_mqtt, central_mqtt, unique):
-    s = Site(tmp_path, unique, site_mqtt.port, central_mqtt.port)
-    yield s
-    s.stop_all()
-
-
-@pytest.fixture
 def server(site, kafka, pg_dsn):
     srv = make_server(site, kafka, pg_dsn)
     yield srv

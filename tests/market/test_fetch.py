@@ -7,75 +7,23 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
+from mirror import DAYS, MARKET, Mirror
 
 from edge.errors import ServiceRefused, ServiceUnavailable
-from edge.io.redata import PRICES, REData
+from edge.io.redata import REData
 
-MARKET = Path(__file__).resolve().parents[2] / "fixtures" / "market"
 EDGE = shutil.which("edge", path=str(Path(sys.executable).parent)) or "edge"
-DAYS = {"2026-07-26": "prices-2026-07-26-hourly.json", "2026-03-29": "prices-2026-03-29-dst-23h.json"}
-
-
-class Mirror(ThreadingHTTPServer):
-    """A REData mirror: the recorded day for its start_date, a 400 body for an unknown one;
-    ``fail`` answers 500 to that many requests first, ``stall_s`` waits before answering."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.fail = 0
-        self.stall_s = 0.0
-        self.requests: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Mirror
-
-    def do_GET(self) -> None:  # noqa: N802 - the library's name
-        self.server.requests.append(self.path)
-        url = urlparse(self.path)
-        if self.server.stall_s:
-            time.sleep(self.server.stall_s)
-        if self.server.fail > 0:
-            self.server.fail -= 1
-            return self._send(500, b"<html>Internal Server Error</html>", "text/html")
-        day = parse_qs(url.query).get("start_date", [""])[0][:10]
-        if url.path != PRICES or day not in DAYS:
-            return self._send(400, (MARKET / "error-400.json").read_bytes())
-        self._send(200, (MARKET / DAYS[day]).read_bytes())
-
-    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
 def mirror():
-    server = Mirror()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = Mirror().serve()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 def test_a_day_is_asked_in_madrid_time_and_a_500_is_retried_with_backoff(mirror):
