@@ -16,8 +16,9 @@ so no broker queue can hand it over late. A command never delivered before its d
 is answered ``expired`` upstream (a ``CommandAck`` event with priority), and marked
 expired only once the buffer has that answer durably (``LocalAppended``): a crash in between
 leaves the command pending, and the answer is made again after the restart (at least once,
-never lost). The device's own ack travels up with priority through the decoder and closes
-the command here.
+never lost). A command published to its device is answered ``delivered`` upstream the same
+way (informational: the server's row moves from sent to delivered). The device's own ack
+travels up with priority through the decoder and closes the command here.
 
 Deadlines, presence and the queue's order are measured on a steady clock
 (edge.runtime.clock): the time left until a deadline is read once, when the command arrives,
@@ -152,6 +153,8 @@ class CommandRouter(EdgeActor):
                 self.queue.acked(cmd_id, result)
             case LocalAppended(("expired", cmd_id, device), ok):
                 self._expired(cmd_id, device, ok)
+            case LocalAppended(("delivered", _, _), _):
+                pass  # informational: a refused one is superseded by the device's own answer
             case _Tick():
                 if self.pending:
                     self._route()
@@ -217,16 +220,20 @@ class CommandRouter(EdgeActor):
                 self.queue.delivered(cmd_id, now)
                 DELIVERED.inc()
                 _log.info("command_delivered", cmd_id=cmd_id, device=device, topic=topic)
+                self._answer(cmd_id, device, "delivered", f"published to {topic}", ("delivered", cmd_id, device))
         self.pending = self.queue.count_pending()
         PENDING.set(self.pending)
 
     def _expire(self, cmd_id: str, device: str, now: float) -> None:
-        assert self.queue is not None
-        ack = CommandAck(self.wall_time(), device, None, None, cmd_id, "expired",
-                         "deadline passed before the device could be reached")
         self.expiring[cmd_id] = now
+        self._answer(cmd_id, device, "expired", "deadline passed before the device could be reached",
+                     ("expired", cmd_id, device))
+
+    def _answer(self, cmd_id: str, device: str, result: str, detail: str, receipt: Any) -> None:
+        """An answer of the gateway's own (``delivered``, ``expired``) upstream with priority."""
+        ack = CommandAck(self.wall_time(), device, None, None, cmd_id, result, detail)
         self.send(self.buffer, AppendLocal((Entry(PRIORITY_HIGH, msgpack.packb(to_wire(ack))),),
-                                           self.name, ("expired", cmd_id, device)))
+                                           self.name, receipt))
 
     def _expired(self, cmd_id: str, device: str, ok: bool) -> None:
         """The buffer answered for an expiry answer: durable, so the command is closed; or

@@ -105,12 +105,39 @@ class TopicMapping:
     codec: str
 
 
+ASSET_KINDS = ("battery", "pv")
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """Something the server may command for the market (docs/commands.md): a battery (its
+    limits for the planner, the telemetry label that reports its state of charge) or a PV
+    inverter (curtailed while prices are negative). Quantities in kW, kWh, €/MWh."""
+
+    id: str
+    kind: str  # battery | pv
+    device: str  # the device that takes its commands and reports its telemetry
+    gateway: str = ""  # "" : the gateway that last heard the device
+    capacity_kwh: float = 0.0
+    charge_kw: float = 0.0
+    discharge_kw: float = 0.0
+    efficiency: float = 1.0  # round trip
+    soc_min_kwh: float = 0.0
+    soc_max_kwh: float = 0.0
+    cost_eur_per_mwh: float = 0.0  # degradation per MWh sold
+    soc_label: str = "soc"  # the telemetry label of its state of charge ...
+    soc_unit: str = "%"  # ... in percent of capacity_kwh, or kWh
+    max_kw: float = 0.0  # a PV inverter's rating
+    cooldown_s: float = 600.0  # at least this long between two setpoints that differ
+
+
 @dataclass(frozen=True, slots=True)
 class Registry:
     device_types: tuple[DeviceType, ...] = ()
     templates: tuple[DeviceTemplate, ...] = ()
     controllers: tuple[Controller, ...] = ()
     topics: tuple[TopicMapping, ...] = ()
+    assets: tuple[Asset, ...] = ()
 
     def template(self, name: str) -> DeviceTemplate:
         for t in self.templates:
@@ -210,11 +237,15 @@ class _Loader:
         return value
 
     def registry(self, doc: Mapping[str, Any]) -> Registry:
-        self.known(doc, {"device_types", "templates", "controllers", "topics"}, "registry")
+        self.known(doc, {"device_types", "templates", "controllers", "topics", "assets"}, "registry")
         types = tuple(self.device_type(t, p) for p, t in self.tables(doc, "device_types", ""))
         templates = tuple(self.template(t, p) for p, t in self.tables(doc, "templates", ""))
         controllers = tuple(self.controller(c, p) for p, c in self.tables(doc, "controllers", ""))
         topics = tuple(self.topic(t, p) for p, t in self.tables(doc, "topics", ""))
+        assets = tuple(self.asset(a, p) for p, a in self.tables(doc, "assets", ""))
+        ids = [a.id for a in assets]
+        for asset_id in sorted({x for x in ids if ids.count(x) > 1}):
+            self.fail(f"assets[{asset_id}]", "asset id used twice")
         type_names = {t.name for t in types}
         template_names = {t.name for t in templates}
         for t in templates:
@@ -226,7 +257,7 @@ class _Loader:
                     if p.template not in template_names:
                         self.fail(f"controllers[{c.mac}].connectors[{conn.number}].pins[{p.position}]"
                                   ".template", f"unknown template {p.template!r}")
-        return Registry(types, templates, controllers, topics)
+        return Registry(types, templates, controllers, topics, assets)
 
     def device_type(self, t: Mapping[str, Any], path: str) -> DeviceType:
         self.known(t, {"name", "description"}, path)
@@ -343,3 +374,56 @@ class _Loader:
                for i, x in enumerate(levels)) or text_problem(filt, 512):
             self.fail(f"{path}.filter", f"{filt!r} is not an MQTT topic filter")
         return TopicMapping(filt, codec)
+
+    def number(self, table: Mapping[str, Any], key: str, path: str, low: float, high: float,
+               default: Any = ...) -> float:
+        value = self.get(table, key, (int, float), path, default)
+        if value is None:
+            return low
+        if not (low <= value <= high):  # NaN fails too
+            self.fail(f"{path}.{key}", f"must be {low:g} to {high:g}, got {value}")
+            return low
+        return float(value)
+
+    def asset(self, a: Mapping[str, Any], path: str) -> Asset:
+        kind = self.get(a, "kind", str, path) or "?"
+        common = {"id", "kind", "device", "gateway"}
+        battery = {"capacity_kwh", "charge_kw", "discharge_kw", "power_kw", "efficiency", "soc_min_kwh",
+                   "soc_max_kwh", "cost_eur_per_mwh", "soc_label", "soc_unit", "cooldown_s"}
+        self.known(a, common | (battery if kind == "battery" else {"max_kw", "cooldown_s"}), path)
+        asset_id = self.text(self.get(a, "id", str, path) or "?", f"{path}.id", "device")
+        path = f"assets[{asset_id}]"
+        device = self.text(self.get(a, "device", str, path) or "?", f"{path}.device", "device")
+        gateway = self.get(a, "gateway", str, path, "")
+        if any(c in gateway for c in "/+#\x00"):
+            self.fail(f"{path}.gateway", f"{gateway!r} is not a gateway id (one topic level)")
+        cooldown = self.number(a, "cooldown_s", path, 0, 86_400, 600.0)
+        if kind == "pv":
+            return Asset(asset_id, kind, device, gateway, max_kw=self.number(a, "max_kw", path, 0, 1e6),
+                         cooldown_s=cooldown)
+        if kind != "battery":
+            self.fail(f"{path}.kind", f"must be one of {', '.join(ASSET_KINDS)}, got {kind!r}")
+            return Asset(asset_id, kind, device, gateway)
+        capacity = self.number(a, "capacity_kwh", path, 0, 1e7)
+        if capacity <= 0 and a.get("capacity_kwh") == 0:
+            self.fail(f"{path}.capacity_kwh", "must be more than 0")
+        power = a.get("power_kw")
+        if power is not None and ("charge_kw" in a or "discharge_kw" in a):
+            self.fail(f"{path}.power_kw", "give power_kw, or charge_kw and discharge_kw, not both")
+        default_power = self.number(a, "power_kw", path, 0, 1e6) if power is not None else ...
+        charge = self.number(a, "charge_kw", path, 0, 1e6, default_power)
+        discharge = self.number(a, "discharge_kw", path, 0, 1e6, default_power)
+        efficiency = self.number(a, "efficiency", path, 0, 1)
+        if efficiency <= 0 and a.get("efficiency") == 0:
+            self.fail(f"{path}.efficiency", "must be more than 0 (a round trip, up to 1)")
+        soc_min = self.number(a, "soc_min_kwh", path, 0, 1e7, 0.0)
+        soc_max = self.number(a, "soc_max_kwh", path, 0, 1e7, capacity)
+        if not soc_min <= soc_max <= capacity:
+            self.fail(f"{path}.soc_max_kwh", f"must hold soc_min_kwh ({soc_min:g}) <= soc_max_kwh ({soc_max:g}) "
+                      f"<= capacity_kwh ({capacity:g})")
+        unit = self.get(a, "soc_unit", str, path, "%")
+        if unit not in ("%", "kWh"):
+            self.fail(f"{path}.soc_unit", f"must be % or kWh, got {unit!r}")
+        label = self.text(self.get(a, "soc_label", str, path, "soc"), f"{path}.soc_label", "label")
+        return Asset(asset_id, kind, device, gateway, capacity, charge, discharge, efficiency, soc_min, soc_max,
+                     self.number(a, "cost_eur_per_mwh", path, 0, 1e5, 0.0), label, unit, cooldown_s=cooldown)

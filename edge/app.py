@@ -3,8 +3,8 @@
 - ``run_gateway``: source -> decoder -> buffer -> uplink (and the command router), with an
   MQTT link to the central broker or, for a single-node site, an in-process one;
 - ``run_receiver``: the uplink receiver into the single-node SQLite store;
-- ``run_server``: the server actors ``[server]`` turns on (sink, market, stream decoder,
-  receiver into Kafka, bridge);
+- ``run_server``: the server actors ``[server]`` turns on (sink, market, command dispatch,
+  stream decoder, receiver into Kafka, bridge);
 - the demo (``edge.tools.demo``) runs ``gateway_specs`` with a simulated source.
 
 Who sends what to whom: ``GATEWAY_EDGES`` below, given to each actor's spec as
@@ -194,6 +194,7 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     first, then the stream decoder, then what takes MQTT in (receiver, bridge). ``store`` is
     the receiver's Kafka store (None when the receiver is off)."""
     from edge.actors.bridge import DirectBridge
+    from edge.actors.dispatch import CommandActor
     from edge.actors.market import MarketActor
     from edge.actors.sink import TimescaleSink
     from edge.actors.stream_decoder import StreamDecoder
@@ -207,6 +208,10 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
     if on.market:
         specs.append(ActorSpec("market", lambda ctx: MarketActor.start(
             ctx, cfg.market, cfg.kafka, cfg.postgres, f"{base}-market"), sends_to=()))
+    if on.commands:
+        client_id = f"{cfg.central_broker.client_id or f'edge-{node}'}-commands"
+        specs.append(ActorSpec("dispatch", lambda ctx: CommandActor.start(
+            ctx, cfg.central_broker, cfg.postgres, cfg.dispatch, client_id), sends_to=()))
     if on.decoder:
         specs.append(ActorSpec("stream_decoder", lambda ctx: StreamDecoder.start(
             ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder"), sends_to=()))

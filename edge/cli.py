@@ -167,18 +167,26 @@ def _market_plan(args: argparse.Namespace) -> int:
     from edge.codecs.redata import read_prices
     from edge.market.plan import PlanError, plan
 
-    battery = _battery(args.battery)
-    try:
-        with open(args.prices, "rb") as f:
-            body = f.read(64 * 1024 * 1024 + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read {args.prices}: {exc.strerror}") from exc
-    if len(body) > 64 * 1024 * 1024:
-        raise InputError(f"{args.prices}: larger than 64 MiB, not a prices answer")
-    try:
-        prices = read_prices(body, args.series)
-    except CodecError as exc:
-        raise InputError(f"{args.prices}: {exc}") from exc
+    if args.asset:
+        if args.prices or args.battery or not (args.date and args.config):
+            raise InputError("--asset plans from the database: give --date and --config, not --prices or --battery")
+        prices, battery, note = _asset_plan_inputs(args)
+    else:
+        if not (args.prices and args.battery):
+            raise InputError("give --prices FILE and --battery K=V,... (or --asset ID --date D --config F)")
+        battery = _battery(args.battery)
+        try:
+            with open(args.prices, "rb") as f:
+                body = f.read(64 * 1024 * 1024 + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read {args.prices}: {exc.strerror}") from exc
+        if len(body) > 64 * 1024 * 1024:
+            raise InputError(f"{args.prices}: larger than 64 MiB, not a prices answer")
+        try:
+            prices = read_prices(body, args.series)
+        except CodecError as exc:
+            raise InputError(f"{args.prices}: {exc}") from exc
+        note = None
     try:
         result = plan(prices, battery, levels=args.levels, end_soc_kwh=args.end_soc_kwh)
     except PlanError as exc:
@@ -186,11 +194,50 @@ def _market_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return EXIT_OK
+    if note:
+        print(note)
     print(f"{'start (UTC)':<26} {'€/MWh':>9} {'power kW':>10} {'soc kWh':>10}")
     for s in result.steps:
         print(f"{s.start.isoformat():<26} {s.price:>9.2f} {s.power_kw:>10.3f} {s.soc_kwh:>10.3f}")
     print(f"profit: {result.profit_eur:.2f} EUR over {len(result.steps)} steps")
     return EXIT_OK
+
+
+def _asset_plan_inputs(args: argparse.Namespace):
+    """(prices of the day, the asset's battery, a line saying where its state of charge came
+    from) for ``edge market plan --asset``."""
+    from edge.io import market_db, pg
+    from edge.market.assets import AssetError, battery, soc_kwh
+    from edge.market.schedule import day_bounds
+
+    cfg = _load(args.config)
+    start, end = day_bounds(args.date)
+    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("reading the asset and prices"):
+        if pg.pending(conn):
+            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+        asset = market_db.asset(conn, args.asset)
+        if asset is None:
+            known = [r[0] for r in conn.execute("SELECT asset_id FROM assets ORDER BY 1").fetchall()]
+            raise InputError(f"no asset {args.asset!r} in the registry (known: {', '.join(known) or 'none'}; "
+                             "`edge registry load` a file with [[assets]])")
+        prices = market_db.prices(conn, cfg.market.zone, args.series, start, end)
+        reading = None if args.soc_kwh is not None else market_db.latest_value(conn, asset.device, asset.soc_label)
+    if not prices:
+        raise InputError(f"no {args.series} prices stored for {args.date} ({cfg.market.zone}): the market actor "
+                         f"fetches them, or `edge market fetch --date {args.date} --store CONFIG`")
+    if args.soc_kwh is not None:
+        soc, note = args.soc_kwh, f"{asset.id}: state of charge {args.soc_kwh:g} kWh (given)"
+    elif reading is not None:
+        soc = soc_kwh(asset, reading[1])
+        note = (f"{asset.id}: state of charge {soc:g} kWh from {asset.device} {asset.soc_label} = {reading[1]:g} "
+                f"{asset.soc_unit} at {reading[0].isoformat()}")
+    else:
+        soc, note = asset.soc_min_kwh, (f"{asset.id}: no {asset.soc_label} reading from {asset.device}: "
+                                        f"planned from soc_min_kwh ({asset.soc_min_kwh:g} kWh)")
+    try:
+        return prices, battery(asset, soc), note
+    except AssetError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _date(text: str):
@@ -280,6 +327,83 @@ def _registry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+V2_COMMANDS = ("update_config", "start_ota", "reboot", "factory_reset", "request_status", "set_power")
+
+
+def _duration(text: str) -> float:
+    """``90s``, ``10m``, ``2h``, ``1d`` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (90s, 10m, 2h, 1d): {text!r}") from None
+    if not 0 < seconds <= 30 * 86400:
+        raise argparse.ArgumentTypeError(f"a duration from 1 s to 30 days, got {text!r}")
+    return seconds
+
+
+def _params(items: list[str]) -> dict:
+    import json
+
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(text)  # numbers, true/false, lists, objects
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def _command(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from edge.io import device_commands as table
+    from edge.io import pg
+
+    if args.command_action == "send":
+        if not args.device or any(c in args.device for c in "/+#\x00") or len(args.device.encode()) > 256:
+            raise InputError(f"device {args.device!r} is not a device id (one topic level, at most 256 bytes)")
+        params = _params(args.param)
+        if args.kind == "v2" and args.cmd not in V2_COMMANDS:
+            raise InputError(f"{args.cmd!r} is not a v2 command ({', '.join(V2_COMMANDS)})")
+        if args.cmd == "set_power":
+            power = params.get("power_kw")
+            if isinstance(power, bool) or not isinstance(power, int | float) or abs(power) > 1e6:
+                raise InputError("set_power needs --param power_kw=<kW> (> 0 charges, < 0 discharges)")
+        if args.kind == "f2" and not (args.topic or "").startswith(f"cmnd/{args.device}/"):
+            raise InputError(f"an F2 command needs --topic cmnd/{args.device}/...")
+    cfg = _load(args.config)
+    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("commands"):
+        if pg.pending(conn):
+            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+        if args.command_action in ("pause", "resume"):
+            table.set_paused(conn, args.command_action == "pause")
+            print("commands paused: nothing is sent until `edge command resume`" if args.command_action == "pause"
+                  else "commands running")
+            return EXIT_OK
+        if args.command_action == "list":
+            rows = table.listing(conn, args.device, args.state, args.limit)
+            if args.json:
+                print(json.dumps(rows, default=str))
+                return EXIT_OK
+            for r in rows:
+                print(f"{r['cmd_id']}  {r['status']:<11} {r['device_id']:<24} {r['cmd']:<14} "
+                      f"deadline {r['deadline'].isoformat()}  {r['detail'] or ''}")
+            if not rows:
+                print("no commands")
+            return EXIT_OK
+        deadline = datetime.now(UTC) + timedelta(seconds=args.valid_for)
+        cmd_id = table.create(conn, args.device, args.cmd, params, deadline, kind=args.kind, topic=args.topic,
+                              gateway_id=args.gateway)
+    print(f"{cmd_id} pending: {args.cmd} for {args.device}, valid until {deadline.isoformat()}")
+    return EXIT_OK
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import contextlib
     import uuid
@@ -290,6 +414,8 @@ def _simulate(args: argparse.Namespace) -> int:
     host, _, port = args.broker.rpartition(":")
     if not host or not port.isdigit():
         raise InputError(f"--broker {args.broker!r} is not HOST:PORT")
+    if args.kind == "battery":
+        return _simulate_batteries(args, MqttConfig(host=host, port=int(port)))
     registry_text = None
     if args.registry:
         try:
@@ -307,6 +433,33 @@ def _simulate(args: argparse.Namespace) -> int:
         acked = run(MqttConfig(host=host, port=int(port)), traffic, args.rate, args.count, ledger,
                     args.client_id or f"edge-sim-{uuid.uuid4().hex[:8]}", lwt=args.lwt)
     print(f"published {acked} messages acknowledged by {args.broker}")
+    return EXIT_OK
+
+
+def _simulate_batteries(args: argparse.Namespace, broker) -> int:
+    """``edge simulate --kind battery``: batteries that obey set_power, until --count
+    telemetry rounds or interrupted."""
+    import signal
+    import threading
+
+    from edge.tools.battery import SimBattery
+
+    battery = _battery(args.battery)
+    prefix = "bat" if args.device_prefix == "pm-dc" else args.device_prefix
+    sims = [SimBattery(broker, f"{prefix}-{i:04d}", battery, args.send_s, args.time_scale).start()
+            for i in range(args.devices)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    try:
+        stop.wait(args.count * args.send_s if args.count else None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for b in sims:
+            b.stop()
+    answered = sum(len(b.acks) for b in sims)
+    print(f"{len(sims)} batteries answered {answered} commands; state of charge: "
+          + ", ".join(f"{b.device_id} {b.soc_pct:g} %" for b in sims))
     return EXIT_OK
 
 
@@ -407,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--config", required=True, help="config with [central_broker] and [receiver]")
     receiver.set_defaults(func=_receiver, prog=receiver.prog)
 
-    srv = sub.add_parser("server", help="run the server actors (receiver, bridge, decoder, sink), "
+    srv = sub.add_parser("server", help="run the server actors (receiver, bridge, decoder, sink, commands, market), "
                          "or `migrate` the database")
     srv.add_argument("action", nargs="?", choices=["run", "migrate"], default="run",
                      help="run (default) or migrate: apply the SQL migrations, idempotently")
@@ -421,12 +574,45 @@ def build_parser() -> argparse.ArgumentParser:
     reg_load.add_argument("--config", required=True, help="server config file (TOML): [postgres]")
     reg_load.set_defaults(func=_registry, prog=reg_load.prog)
 
+    cmd = sub.add_parser("command", help="commands to devices: send, list, pause (the kill switch), resume")
+    cmd_sub = cmd.add_subparsers(dest="command_action", required=True)
+    send = cmd_sub.add_parser("send", help="write a command; the server's command actor sends it to its gateway",
+                              description="Write a command into device_commands (pending); `edge server` with "
+                              "[server] commands = true sends it to the device's gateway, which delivers it while "
+                              "the device is online and the deadline not passed. Prints its cmd_id.")
+    send.add_argument("device")
+    send.add_argument("cmd", help=f"v2: {', '.join(V2_COMMANDS)}; F2: a name for the record")
+    send.add_argument("--param", action="append", default=[], metavar="K=V", help="a parameter (JSON values)")
+    send.add_argument("--valid-for", type=_duration, default=600.0, metavar="DURATION",
+                      help="deadline from now: 90s, 10m (default), 2h")
+    send.add_argument("--kind", choices=["v2", "f2"], default="v2")
+    send.add_argument("--topic", help="an F2 command's cmnd/<device>/... topic (the params are its payload)")
+    send.add_argument("--gateway", help="the device's gateway (default: the one that last heard it)")
+    lst = cmd_sub.add_parser("list", help="the latest commands and their states")
+    lst.add_argument("--device")
+    lst.add_argument("--state", choices=["pending", "sent", "delivered", "accepted", "rejected", "error",
+                                         "unsupported", "expired"])
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    pause = cmd_sub.add_parser("pause", help="the kill switch: send nothing until resumed")
+    resume = cmd_sub.add_parser("resume", help="send again")
+    for p in (send, lst, pause, resume):
+        p.add_argument("--config", required=True, help="server config file (TOML): [postgres]")
+        p.set_defaults(func=_command, prog=p.prog)
+
     sim = sub.add_parser("simulate", help="publish realistic device traffic to a broker, with a ledger")
     sim.add_argument("--broker", required=True, metavar="HOST:PORT")
     sim.add_argument("--devices", type=int, default=10)
     sim.add_argument("--rate", type=float, default=10.0, help="messages/s in all; 0 = as fast as possible")
     sim.add_argument("--count", type=int, help="stop after this many messages (default: run until killed)")
-    sim.add_argument("--kind", choices=["f2", "v2", "homelab", "mix"], default="mix")
+    sim.add_argument("--kind", choices=["f2", "v2", "ac", "homelab", "mix", "battery"], default="mix",
+                     help="v2: DC power meters (pm-dc-*); ac: AC power meters (pm-ac-*); battery: batteries "
+                     "(bat-*) that obey set_power and report their state of charge (--battery, --time-scale)")
+    sim.add_argument("--battery", default="capacity_kwh=200,power_kw=100,efficiency=0.9,soc_kwh=100",
+                     metavar="K=V,...", help="with --kind battery: each battery (edge market plan's keys)")
+    sim.add_argument("--send-s", type=float, default=10.0, help="with --kind battery: telemetry every S seconds")
+    sim.add_argument("--time-scale", type=float, default=1.0,
+                     help="with --kind battery: energy clock speed (60: an hour a minute)")
     sim.add_argument("--registry", metavar="FILE", help="registry for F2 templates (fixtures/registry.toml)")
     sim.add_argument("--ledger", metavar="FILE", help="append one JSON line per acknowledged message")
     sim.add_argument("--malformed", type=float, default=0.0, metavar="PCT", help="percent of garbage messages")
@@ -464,12 +650,19 @@ def build_parser() -> argparse.ArgumentParser:
     market_sub = market.add_subparsers(dest="market_command", required=True)
     mplan = market_sub.add_parser(
         "plan", help="the schedule that earns the most for a battery over a REData prices answer",
-        description="Plan one battery over the prices of FILE (a REData prices answer, protocols.md §4) under "
+        description="Plan one battery over the prices of FILE (a REData prices answer, protocols.md §4), or a "
+        "registry battery (--asset) over the prices of a day stored by the market actor, under "
         "the energy model of docs/market.md: dynamic programming over state-of-charge levels, exact for "
         "its levels. Exit 2 on a bad answer, battery or end state.")
-    mplan.add_argument("--prices", required=True, metavar="FILE", help="a REData prices answer (JSON)")
+    mplan.add_argument("--prices", metavar="FILE", help="a REData prices answer (JSON)")
     mplan.add_argument("--series", choices=["spot", "pvpc"], default="spot")
-    mplan.add_argument("--battery", required=True, metavar="K=V,...",
+    mplan.add_argument("--asset", metavar="ID", help="instead: a registry battery, its prices of --date and its "
+                       "state of charge from the database of --config")
+    mplan.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="with --asset: the Madrid day to plan")
+    mplan.add_argument("--config", metavar="F", help="with --asset: the server config ([postgres], [market] zone)")
+    mplan.add_argument("--soc-kwh", type=float, metavar="X", help="with --asset: plan from this state of charge "
+                       "instead of the latest reading")
+    mplan.add_argument("--battery", metavar="K=V,...",
                        help="capacity_kwh, power_kw (or charge_kw and discharge_kw), efficiency (round "
                        "trip), soc_kwh, soc_min_kwh, soc_max_kwh, cost_eur_per_mwh (degradation per MWh sold)")
     mplan.add_argument("--end-soc-kwh", type=float, metavar="X", help="end with at least X kWh (default: free)")

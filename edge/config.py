@@ -359,6 +359,7 @@ class ServerConfig:
     decoder: bool = True
     sink: bool = True
     market: bool = False  # fetches from the internet (or [market] base_url): turned on where wanted
+    commands: bool = False  # device_commands -> edge/<gateway>/down on the central broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +461,23 @@ class MarketConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """The server's command actor (docs/commands.md): ``device_commands`` polled every
+    ``poll_s``, up to ``batch`` commands a poll, each acknowledged by the central broker
+    within ``publish_timeout_s``; a sent or delivered command unanswered ``answer_grace_s``
+    after its deadline is closed. With ``setpoints_s``, the registry's assets get the
+    market's setpoints (edge/market/setpoints.py) that often."""
+
+    poll_s: float = _checked(1.0, _check_positive)
+    batch: int = _checked(200, _check_positive)
+    publish_timeout_s: float = _checked(5.0, _check_positive)
+    answer_grace_s: float = _checked(300.0, _check_non_negative)
+    setpoints_s: float = _checked(0.0, _check_non_negative)  # market setpoints every S seconds; 0: off
+    zone: str = _checked("BZN|ES", _check_non_empty)  # whose prices the setpoints follow
+    series: Literal["spot", "pvpc"] = "spot"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -480,6 +498,7 @@ class Config:
     stream_decoder: StreamDecoderConfig = field(default_factory=StreamDecoderConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
 
 
 ENV_PREFIX = "EDGE_"

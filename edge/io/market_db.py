@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -72,6 +72,32 @@ def store_day(conn: psycopg.Connection, zone: str, day: date, prices: dict[str, 
             count = len(flows or ()) if kind == "flows" else len(prices[kind])
             conn.execute(_DAY, (zone, kind, day, count))
         return changed, _alerts(conn, alerts)
+
+
+def prices(conn: psycopg.Connection, zone: str, series: str, start: datetime, end: datetime) -> list[PriceStep]:
+    """The stored steps of a series starting in [start, end), in time order; where a time
+    has both an hourly and a quarter-hourly price, the quarter hours."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (start) start, extract(epoch FROM resolution) / 3600, price FROM market_prices "
+        "WHERE zone = %s AND series = %s AND start >= %s AND start < %s ORDER BY start, resolution",
+        (zone, series, start, end)).fetchall()
+    steps = [PriceStep(at, float(hours), price) for at, hours, price in rows]
+    return [s for i, s in enumerate(steps) if i == 0 or steps[i - 1].end <= s.start]
+
+
+def latest_value(conn: psycopg.Connection, device: str, label: str) -> tuple[datetime, float] | None:
+    """A device's latest reading of ``label`` (any connector or pin), or None."""
+    row = conn.execute("SELECT time, value FROM iot_measurements WHERE device_id = %s AND label = %s "
+                       "ORDER BY time DESC LIMIT 1", (device, label)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def asset(conn: psycopg.Connection, asset_id: str) -> Any:
+    """The registry's asset ``asset_id`` (edge.codecs.registry.Asset), or None."""
+    from edge.codecs.registry import Asset
+
+    row = conn.execute("SELECT model FROM assets WHERE asset_id = %s", (asset_id,)).fetchone()
+    return None if row is None else Asset(**row[0])
 
 
 def whole_days(conn: psycopg.Connection, zone: str, since: date) -> set[tuple[str, date]]:

@@ -16,6 +16,7 @@ import json
 import psycopg
 
 from edge.codecs.registry import (
+    Asset,
     Connector,
     Controller,
     DataPoint,
@@ -49,6 +50,11 @@ def load(conn: psycopg.Connection, registry: Registry, source: str, text: str) -
             conn.execute("INSERT INTO topic_mappings (filter, codec, ordinal) VALUES (%s, %s, %s) "
                          "ON CONFLICT (filter) DO UPDATE SET codec = EXCLUDED.codec, "
                          "ordinal = EXCLUDED.ordinal", (m.filter, m.codec, i))
+        for a in registry.assets:
+            model = {f: getattr(a, f) for f in Asset.__dataclass_fields__}
+            conn.execute("INSERT INTO assets (asset_id, kind, device_id, model) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (asset_id) DO UPDATE SET kind = EXCLUDED.kind, device_id = EXCLUDED.device_id, "
+                         "model = EXCLUDED.model, loaded_at = now()", (a.id, a.kind, a.device, json.dumps(model)))
         version = (row[0] if row else 0) + 1
         conn.execute("INSERT INTO registry_state (version, sha256, source) VALUES (%s, %s, %s) "
                      "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, sha256 = "
@@ -59,7 +65,7 @@ def load(conn: psycopg.Connection, registry: Registry, source: str, text: str) -
 
 def _digest(registry: Registry) -> str:
     return hashlib.sha256(repr((registry.device_types, registry.templates, registry.controllers,
-                                registry.topics)).encode()).hexdigest()
+                                registry.topics, registry.assets)).encode()).hexdigest()
 
 
 def _id(conn: psycopg.Connection, sql: str, params: tuple) -> int:
@@ -163,4 +169,5 @@ def read(conn: psycopg.Connection) -> tuple[int, Registry]:
                 "ORDER BY d.id"))
         topics = tuple(TopicMapping(f, c) for f, c in conn.execute(
             "SELECT filter, codec FROM topic_mappings ORDER BY ordinal, filter"))
-    return v, Registry(types, templates, controllers, topics)
+        assets = tuple(Asset(**model) for (model,) in conn.execute("SELECT model FROM assets ORDER BY asset_id"))
+    return v, Registry(types, templates, controllers, topics, assets)

@@ -42,6 +42,24 @@ from edge.errors import SchemaNotReady, ServiceUnavailable
 from edge.io.pg import connect, pending, recorded_storage, timescale_problem, timescale_version, translated
 from edge.io.store import CONFLICTS
 
+ANSWERS = Counter("edge_sink_command_answers", "Command answers (acks, expiries, deliveries) that moved a "
+                  "device_commands row on")
+UNMATCHED = Counter("edge_sink_command_answers_unmatched", "Command answers for no command the server sent "
+                    "(unknown or malformed cmd_id), kept in device_events only", ["why"])
+
+# What an answer makes of a command still open; a final state never changes again.
+OPEN = ("pending", "sent", "delivered")
+FINAL = ("accepted", "rejected", "error", "unsupported", "expired")
+_ANSWER = """UPDATE device_commands AS c SET status = a.result, detail = coalesce(a.detail, c.detail),
+    answered_at = CASE WHEN a.result = 'delivered' THEN c.answered_at ELSE a.at END, status_at = now()
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[]) AS a(cmd_id, result, detail, at)
+WHERE c.cmd_id = a.cmd_id AND c.status = ANY(%s)
+RETURNING c.cmd_id"""
+_OTA = """UPDATE device_commands AS c SET ota_state = a.state, ota_progress = a.progress, status_at = now()
+FROM unnest(%s::uuid[], %s::text[], %s::float8[]) AS a(cmd_id, state, progress)
+WHERE c.cmd_id = a.cmd_id AND (c.ota_state IS NULL OR c.ota_state NOT IN ('success', 'failed'))
+RETURNING c.cmd_id"""
+
 COLUMNS = "time, device_id, connector_mode, connector, pin_position, label, value, unit, topic, source"
 TYPES = ["timestamptz", "text", "text", "int2", "int4", "text", "float8", "text", "text", "text"]
 KEY = "device_id, connector_mode, pin_position, label"
@@ -192,6 +210,7 @@ class SinkDb:
                 sorted([(e["key"], e["time"], e["device_id"], e["type"], e.get("gateway"),
                          json.dumps(e, ensure_ascii=False)) for e in events],
                        key=lambda row: row[0]))  # key order: see above
+            _answers(conn, events)
             gaps = sorted((e for e in events if e["type"] == "gap"), key=lambda e: e["key"])
             if gaps:
                 cur.executemany(
@@ -244,3 +263,51 @@ class SinkDb:
         if state:
             with conn.cursor() as cur:
                 cur.executemany(_STATE, [state[device] for device in sorted(state)])  # key order
+
+
+def _answers(conn: psycopg.Connection, events: Sequence[dict[str, Any]]) -> None:
+    """Move the device_commands rows the batch's answers are about: a gateway's ``delivered``
+    first (only from pending or sent), then final results (only from an open state), each
+    command's earliest final answer winning; OTA progress onto its command. A replayed
+    answer finds its row final and changes nothing."""
+    import uuid
+
+    acks: dict[str, list[dict[str, Any]]] = {"delivered": [], "final": []}
+    ota = []
+    for e in sorted(events, key=lambda e: (e["time"], e["key"])):
+        if e["type"] not in ("command_ack", "ota_status"):
+            continue
+        try:
+            cmd_id = str(uuid.UUID(str(e.get("cmd_id"))))
+        except ValueError:
+            UNMATCHED.labels("malformed_cmd_id").inc()
+            continue
+        if e["type"] == "ota_status":
+            progress = e.get("progress_pct")
+            ota.append((cmd_id, str(e.get("ota_state"))[:40],
+                        float(progress) if type(progress) in (int, float) and abs(progress) < 1e6 else None))
+        elif e.get("result") == "delivered":
+            acks["delivered"].append({**e, "cmd_id": cmd_id})
+        elif e.get("result") in FINAL:
+            acks["final"].append({**e, "cmd_id": cmd_id})
+    for kind, allowed in (("delivered", ["pending", "sent"]), ("final", list(OPEN))):
+        first: dict[str, dict[str, Any]] = {}
+        for e in acks[kind]:
+            first.setdefault(e["cmd_id"], e)
+        if not first:
+            continue
+        todo = sorted(first.values(), key=lambda e: e["cmd_id"])  # lock order
+        moved = {str(r[0]) for r in conn.execute(_ANSWER, (
+            [e["cmd_id"] for e in todo], [e["result"] for e in todo],
+            [None if e.get("detail") is None else str(e["detail"])[:1000] for e in todo],
+            [e["time"] for e in todo], allowed)).fetchall()}
+        ANSWERS.inc(len(moved))
+        unknown = [c for c in first if c not in moved]
+        if unknown:
+            known = {str(r[0]) for r in conn.execute(
+                "SELECT cmd_id FROM device_commands WHERE cmd_id = ANY(%s::uuid[])", (unknown,)).fetchall()}
+            if len(unknown) > len(known):
+                UNMATCHED.labels("unknown_command").inc(len(unknown) - len(known))
+    if ota:
+        last = sorted({c: (c, state, progress) for c, state, progress in ota}.values())  # the latest per command
+        conn.execute(_OTA, ([c for c, _, _ in last], [s for _, s, _ in last], [p for _, _, p in last]))

@@ -95,8 +95,14 @@ class Traffic:
                                                  "values": {p.dp.label: values[p.dp.label]
                                                             for p in template.points}})
 
-    def _v2(self, device: int) -> Publish:
-        device_id = f"{self.device_prefix}-{device:04d}"
+    def _ac(self, device: int) -> Publish:
+        """A ``power_meter_ac`` (protocols.md §2): medium-voltage AC, 24-26 kV, 100-200 A,
+        49.9-50.1 Hz, power factor 0.92-0.99; hellos and sequence as the DC meter's."""
+        return self._v2(device, ac=True)
+
+    def _v2(self, device: int, ac: bool = False) -> Publish:
+        prefix = "pm-ac" if ac and self.device_prefix == "pm-dc" else self.device_prefix
+        device_id = f"{prefix}-{device:04d}"
         t = self._tick()
         seq = self.v2_seq.get(device_id)
         if seq is None:  # power-on: hello first, seq 0
@@ -113,14 +119,21 @@ class Traffic:
             topic = f"iot/{device_id}/hello"
             return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
                            "records": 0, "events": 1, "topic": topic, "seq": seq})
-        ms = [{"ts": iso(t), "type": "voltage_dc", "val": round(self.rng.uniform(700, 800), 1), "unit": "V"},
-              {"ts": iso(t), "type": "current_dc", "val": round(self.rng.uniform(200, 400), 1), "unit": "A"},
-              {"ts": iso(t), "type": "temperature", "val": round(self.rng.uniform(20, 60), 1), "unit": "Cel"}]
+        if ac:
+            ms = [{"ts": iso(t), "type": "voltage_ac", "val": round(self.rng.uniform(24_000, 26_000), 1), "unit": "V"},
+                  {"ts": iso(t), "type": "current_ac", "val": round(self.rng.uniform(100, 200), 1), "unit": "A"},
+                  {"ts": iso(t), "type": "frequency", "val": round(self.rng.uniform(49.9, 50.1), 3), "unit": "Hz"},
+                  {"ts": iso(t), "type": "pf", "val": round(self.rng.uniform(0.92, 0.99), 3), "unit": ""}]
+        else:
+            ms = [{"ts": iso(t), "type": "voltage_dc", "val": round(self.rng.uniform(700, 800), 1), "unit": "V"},
+                  {"ts": iso(t), "type": "current_dc", "val": round(self.rng.uniform(200, 400), 1), "unit": "A"},
+                  {"ts": iso(t), "type": "temperature", "val": round(self.rng.uniform(20, 60), 1), "unit": "Cel"}]
         doc = {"v": 2, "device_id": device_id, "ts": iso(t), "seq": seq, "msg_type": "telemetry",
                "measurements": ms}
         topic = f"iot/{device_id}/telemetry"
         return Publish(topic, json.dumps(doc).encode(), {"device_id": device_id, "time": iso(t),
-                       "records": 3, "topic": topic, "seq": seq, "values": {m["type"]: m["val"] for m in ms}})
+                       "records": len(ms), "topic": topic, "seq": seq,
+                       "values": {m["type"]: m["val"] for m in ms}})
 
     def _homelab(self, device: int) -> Publish:
         t = self._tick()

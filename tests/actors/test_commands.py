@@ -49,7 +49,7 @@ def online(device: str = "pm-1") -> Presence:
 
 
 def test_a_command_for_an_online_device_is_published_once_with_an_expiry_at_its_deadline(router):
-    actor, session, _ = router()
+    actor, session, buffer = router()
     session.connect()
     actor.handle(online())
     actor.handle(command("c-1", in_s=120))
@@ -60,6 +60,13 @@ def test_a_command_for_an_online_device_is_published_once_with_an_expiry_at_its_
     actor.handle(_Tick())
     actor.handle(command("c-1", in_s=120))  # the same command again (a redelivery): not added twice
     assert len(session.published) == 1
+    (told,) = [m for m in buffer.told if isinstance(m, AppendLocal)]  # "delivered", upstream with priority
+    (entry,) = told.entries
+    ack = from_wire(msgpack.unpackb(entry.body))
+    assert (entry.priority, ack.cmd_id, ack.result, ack.detail) == (PRIORITY_HIGH, "c-1", "delivered",
+                                                                    "published to iot/pm-1/command")
+    actor.handle(LocalAppended(told.receipt, False))  # refused (full): informational, nothing to redo
+    assert actor.queue.count_pending() == 0
 
 
 def test_a_command_waits_for_its_device_and_for_the_broker(router):

@@ -10,13 +10,13 @@ import textwrap
 
 import pytest
 
-from edge.actors import bridge, buffer, commands, consuming, decoder, market, receiver, source, uplink
+from edge.actors import bridge, buffer, commands, consuming, decoder, dispatch, market, receiver, source, uplink
 from edge.runtime.actor import ActorContext, ActorHandle, EdgeActor, UnknownMessage
 from edge.tools import demo
 
 ACTORS = [buffer.Buffer, consuming.ConsumingActor, commands.CommandRouter, decoder.Decoder,
           source.MqttSource, receiver.UplinkReceiver, bridge.DirectBridge, uplink.Uplink, demo.DemoSource,
-          market.MarketActor]
+          market.MarketActor, dispatch.CommandActor]
 
 
 def matched_types(cls: type) -> set[str]:

@@ -111,3 +111,51 @@ def test_a_registry_of_the_wrong_shape_is_a_problem_with_its_path_never_a_traceb
     with pytest.raises(RegistryError) as info:
         registry.loads(text)
     assert problem in str(info.value)
+
+
+def test_assets_load_with_their_defaults_and_every_mistake_is_named():
+    reg = registry.loads((REPO / "fixtures" / "registry.toml").read_text())
+    battery, pv = reg.assets
+    assert (battery.id, battery.kind, battery.device, battery.capacity_kwh, battery.charge_kw,
+            battery.soc_min_kwh, battery.soc_label, battery.soc_unit) == (
+        "bat-site-1", "battery", "bat-0001", 200.0, 100.0, 20.0, "soc", "%")
+    assert (pv.kind, pv.max_kw) == ("pv", 250.0)
+    short = registry.loads('[[assets]]\nid = "b"\nkind = "battery"\ndevice = "d"\ncapacity_kwh = 10\n'
+                           'power_kw = 5\nefficiency = 0.8\n').assets[0]
+    assert (short.charge_kw, short.discharge_kw, short.soc_min_kwh, short.soc_max_kwh, short.cooldown_s) == (
+        5.0, 5.0, 0.0, 10.0, 600.0)
+    text = """
+[[assets]]
+id = "b"
+kind = "battery"
+device = "d"
+gateway = "gw/+"
+capacity_kwh = 100
+power_kw = 50
+charge_kw = 3
+efficiency = 1.5
+soc_max_kwh = 200
+soc_unit = "Wh"
+colour = "red"
+
+[[assets]]
+id = "b"
+kind = "windmill"
+device = "e"
+
+[[assets]]
+id = "p"
+kind = "pv"
+device = "f"
+max_kw = -1
+"""
+    with pytest.raises(RegistryError) as caught:
+        registry.loads(text)
+    message = str(caught.value)
+    for expected in ("assets[0].colour: unknown key", "assets[b].gateway: 'gw/+' is not a gateway id",
+                     "assets[b].power_kw: give power_kw, or charge_kw and discharge_kw, not both",
+                     "assets[b].efficiency: must be 0 to 1, got 1.5",
+                     "assets[b].soc_max_kwh: must hold soc_min_kwh (0) <= soc_max_kwh (200) <= capacity_kwh (100)",
+                     "assets[b].soc_unit: must be % or kWh", "assets[b].kind: must be one of battery, pv",
+                     "assets[p].max_kw: must be 0 to 1e+06, got -1", "assets[b]: asset id used twice"):
+        assert expected in message, (expected, message)

@@ -21,13 +21,15 @@ def test_help_lists_only_commands_that_exist():
     from edge.cli import build_parser
 
     (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
-    assert sorted(commands.choices) == ["buffer", "config", "decode", "demo", "gateway", "market", "receiver",
-                                       "registry", "server", "simulate", "status", "version"]
+    assert sorted(commands.choices) == ["buffer", "command", "config", "decode", "demo", "gateway", "market",
+                                       "receiver", "registry", "server", "simulate", "status", "version"]
     assert edge("--help").returncode == 0
     result = edge("api")
     assert result.returncode == 2 and "invalid choice: 'api'" in result.stderr
     (market,) = [a for a in commands.choices["market"]._actions if a.dest == "market_command"]
-    assert sorted(market.choices) == ["fetch", "plan"]  # the command actor's verbs come with it
+    assert sorted(market.choices) == ["fetch", "plan"]
+    (verbs,) = [a for a in commands.choices["command"]._actions if a.dest == "command_action"]
+    assert sorted(verbs.choices) == ["list", "pause", "resume", "send"]
 
 
 @pytest.mark.parametrize("path", ["deploy/pi/gateway.toml", "deploy/server/server.toml"])
@@ -77,3 +79,20 @@ def test_a_gateway_that_cannot_run_with_its_config_says_why_in_one_message_and_e
     result = edge("gateway", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert says.replace("TMP", str(tmp_path)) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["send", "pm-1", "launch"], "'launch' is not a v2 command"),
+    (["send", "pm-1", "set_power"], "set_power needs --param power_kw=<kW>"),
+    (["send", "pm-1", "set_power", "--param", "power_kw=lots"], "set_power needs --param power_kw=<kW>"),
+    (["send", "pm/1", "reboot"], "'pm/1' is not a device id"),
+    (["send", "f2-1", "strike", "--kind", "f2", "--topic", "cmnd/f2-2/x"], "needs --topic cmnd/f2-1/"),
+    (["send", "pm-1", "reboot", "--param", "novalue"], "--param 'novalue' is not KEY=VALUE"),
+    (["send", "pm-1", "reboot", "--valid-for", "0s"], "a duration from 1 s to 30 days"),
+    (["send", "pm-1", "reboot", "--valid-for", "soon"], "not a duration"),
+])
+def test_a_command_that_cannot_be_sent_is_refused_before_the_database(args, message, tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text('[postgres]\nport = 9\n')  # nothing listens: refused before it is asked
+    result = edge("command", *args, "--config", str(config))
+    assert result.returncode == 2 and message in result.stderr, result.stderr

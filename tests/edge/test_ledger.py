@@ -40,9 +40,29 @@ def test_a_row_stored_twice_and_one_lost_are_both_told():
     assert b.doubled == [("m1", "t1", 2, 3)] and b.missing == [("m1", "t2", 2, 1)] and b.wrong == []
 
 
-@pytest.mark.parametrize("kind", ["f2", "v2", "homelab"])
+@pytest.mark.parametrize("kind", ["f2", "v2", "ac", "homelab"])
 def test_the_simulator_writes_a_value_for_every_record(kind):
     traffic = iter(Traffic(kind, 5, (REPO / "fixtures" / "registry.toml").read_text()))
     for _ in range(30):
         entry = next(traffic).ledger
         assert len(entry.get("values", {})) == entry["records"]
+
+
+def test_the_ac_meter_decodes_to_its_ledger_values_within_the_protocols_ranges():
+    from edge.codecs import registry as registry_mod
+    from edge.codecs.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(registry_mod.loads((REPO / "fixtures" / "registry.toml").read_text()))
+    traffic = iter(Traffic("ac", 3, None))
+    seen = 0
+    for _ in range(60):
+        message = next(traffic)
+        result = dispatcher.decode(message.topic, message.payload)
+        values = {r.label: r.value for r in result.records if hasattr(r, "label")}
+        assert not result.errors
+        assert values == message.ledger.get("values", {})
+        if values:
+            seen += 1
+            assert 24_000 <= values["voltage_ac"] <= 26_000 and 100 <= values["current_ac"] <= 200
+            assert 49.9 <= values["frequency"] <= 50.1 and 0.92 <= values["pf"] <= 0.99
+    assert seen > 30

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,7 +61,7 @@ def storage(request, storage_dsn) -> str:
 
 
 ALL = ["0001_registry", "0002_measurements", "0003_operations", "0004_time_index", "0005_state_order",
-       "0006_conflicts", "0007_rollup_table", "0008_market", "0009_market_actor"]
+       "0006_conflicts", "0007_rollup_table", "0008_market", "0009_market_actor", "0010_commands"]
 
 
 def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_storage(db, storage):
@@ -69,7 +70,7 @@ def test_migrations_apply_once_warn_of_nothing_and_are_recorded_with_their_stora
         notices: list[str] = []
         applied = pg.migrate(conn, notices=notices)
         variants = [(1, "all"), (2, storage), (3, "all"), (4, storage), (5, "all"), (6, "all"), (7, storage),
-                    (8, "all"), (9, "all")]
+                    (8, "all"), (9, "all"), (10, "all")]
         assert [(m.version, m.variant) for m in applied] == variants
         assert notices == []  # e.g. no key column left out of TimescaleDB's compression settings
         assert pg.migrate(conn) == []
@@ -577,3 +578,71 @@ def test_market_prices_are_upserted_and_alerts_stored_once_by_their_identity(db)
         assert market_db.store_alerts(conn, alerts) == []  # once, by zone, type and window
         kept = conn.execute("SELECT kind, alert_key, body->>'expected_profit_eur' FROM alerts ORDER BY id").fetchall()
         assert [k for k, _, _ in kept] == [a["alert_type"] for a in alerts] and kept[-1][2] is not None
+
+
+def _ack(cmd_id: str, result: str, at: datetime, n: int, device: str = "pm-1", kind: str = "command_ack",
+         **extra) -> dict:
+    return {"key": f"gw/1/{n}", "type": kind, "time": at.isoformat(), "device_id": device, "gateway": "gw",
+            "cmd_id": cmd_id, "result": result, **extra}
+
+
+def test_command_answers_move_each_row_on_once_and_only_forward(plain_db):
+    """The sink writes the answers that travel up onto device_commands: delivered only from
+    pending or sent, a final state only from an open one, the earliest final answer of a
+    batch winning; a replay, an unknown cmd_id and a malformed one change nothing (and are
+    counted), and never refuse the batch."""
+    from edge.io import device_commands as table
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    with pg.connect(plain_db, autocommit=True) as conn:
+        pg.migrate(conn)
+        ids = [table.create(conn, "pm-1", "reboot", {}, now + timedelta(minutes=5)) for _ in range(4)]
+        table.mark_sent(conn, [(ids[0], "gw"), (ids[1], "gw"), (ids[2], "gw")])
+    unmatched = REGISTRY.get_sample_value("edge_sink_command_answers_unmatched_total", {"why": "unknown_command"}) or 0
+    malformed = REGISTRY.get_sample_value("edge_sink_command_answers_unmatched_total",
+                                          {"why": "malformed_cmd_id"}) or 0
+    sink = SinkDb(plain_db)
+    try:
+        sink.write([], [_ack(ids[0], "delivered", now, 1), _ack(ids[0], "accepted", now + timedelta(seconds=1), 2),
+                        _ack(ids[1], "rejected", now, 3, detail="busy"), _ack(ids[1], "accepted", now, 4),
+                        _ack(ids[2], "delivered", now, 5),
+                        _ack(ids[3], "start", now, 6, kind="ota_status", ota_state="downloading", progress_pct=10),
+                        _ack(ids[3], "x", now + timedelta(seconds=2), 7, kind="ota_status", ota_state="verifying",
+                             progress_pct="lots"),
+                        _ack(str(uuid.uuid4()), "accepted", now, 8),
+                        _ack("not-a-uuid'; DROP TABLE x", "accepted", now, 9)])
+        # Later: a replay of the first batch's acks, and a late delivered after a final state.
+        sink.write([], [_ack(ids[0], "rejected", now + timedelta(seconds=9), 10), _ack(ids[1], "delivered", now, 11)])
+    finally:
+        sink.close()
+    with pg.connect(plain_db, autocommit=True) as conn:
+        rows = dict(conn.execute("SELECT cmd_id::text, (status, detail, ota_state, ota_progress) FROM device_commands"
+                                 ).fetchall())
+    assert rows[ids[0]][0] == "accepted"  # final stays final: the later "rejected" changed nothing
+    assert rows[ids[1]][:2] == ("rejected", "busy")  # the earliest final answer of the batch (by time, then key)
+    assert rows[ids[2]][0] == "delivered"
+    assert rows[ids[3]] == ("pending", None, "verifying", None)  # the latest OTA state; a non-number progress dropped
+    assert REGISTRY.get_sample_value("edge_sink_command_answers_unmatched_total",
+                                     {"why": "unknown_command"}) == unmatched + 1
+    assert REGISTRY.get_sample_value("edge_sink_command_answers_unmatched_total",
+                                     {"why": "malformed_cmd_id"}) == malformed + 1
+
+
+def test_the_deadline_closes_what_it_left_open(plain_db):
+    from edge.io import device_commands as table
+
+    now = datetime.now(UTC)
+    with pg.connect(plain_db, autocommit=True) as conn:
+        pg.migrate(conn)
+        never = table.create(conn, "pm-1", "reboot", {}, now - timedelta(seconds=1))
+        sent = table.create(conn, "pm-1", "reboot", {}, now - timedelta(seconds=30))
+        recent = table.create(conn, "pm-1", "reboot", {}, now - timedelta(seconds=1))
+        delivered = table.create(conn, "pm-1", "reboot", {}, now - timedelta(seconds=30))
+        valid = table.create(conn, "pm-1", "reboot", {}, now + timedelta(seconds=60))
+        table.mark_sent(conn, [(sent, "gw"), (recent, "gw"), (delivered, "gw")])
+        conn.execute("UPDATE device_commands SET status = 'delivered' WHERE cmd_id = %s", (delivered,))
+        with conn.transaction():
+            assert [c.cmd_id for c in table.claim(conn, 10)] == [valid]  # never one past its deadline
+        assert table.expire(conn, grace_s=10) == {"pending": 1, "sent": 1, "delivered": 1}
+        states = dict(conn.execute("SELECT cmd_id::text, status FROM device_commands").fetchall())
+    assert states == {never: "expired", sent: "expired", recent: "sent", delivered: "error", valid: "pending"}

@@ -6,66 +6,30 @@ from __future__ import annotations
 import json
 import queue
 import sqlite3
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from devices import FakeDevice, down
 from harness import Site, wait_until
 
-from edge.config import MqttConfig
-from edge.io.mqtt import make_client
-
 pytestmark = pytest.mark.integration
-
-
-class FakeDevice:
-    """A v2 meter (or an F2 controller) on the site broker that acks what it gets."""
-
-    def __init__(self, port: int, device_id: str, subscribe: str, ack: bool = True) -> None:
-        self.device_id, self.got, self.seq = device_id, queue.Queue(), 0
-        self.client = make_client(MqttConfig(port=port), f"{device_id}-{uuid.uuid4().hex[:6]}")
-        ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(subscribe, qos=1), ready.set())
-        self.client.on_message = lambda c, u, m: self._on_command(m, ack)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert ready.wait(10)
-        time.sleep(0.3)
-
-    def publish(self, msg_type: str, **fields) -> None:
-        doc = {"v": 2, "device_id": self.device_id, "ts": datetime.now(UTC).isoformat(),
-               "seq": self.seq, "msg_type": msg_type, **fields}
-        self.seq += 1
-        topic = {"hello": "hello", "command_ack": "command/ack"}[msg_type]
-        self.client.publish(f"iot/{self.device_id}/{topic}", json.dumps(doc), qos=1).wait_for_publish(5)
-
-    def _on_command(self, message, ack: bool) -> None:
-        doc = json.loads(message.payload)
-        self.got.put((message.topic, doc))
-        if ack and "cmd_id" in doc:
-            self.publish("command_ack", cmd_id=doc["cmd_id"], result="accepted", detail="applied")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def down(central_port: int, gateway: str, **command) -> None:
-    client = make_client(MqttConfig(port=central_port), f"server-{uuid.uuid4().hex[:6]}")
-    client.connect("127.0.0.1", central_port)
-    client.loop_start()
-    client.publish(f"edge/{gateway}/down", json.dumps(command), qos=1).wait_for_publish(5)
-    client.disconnect()
-    client.loop_stop()
 
 
 def acks_in_store(site: Site) -> dict[str, str]:
     conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
     rows = conn.execute("SELECT body FROM events WHERE type = 'command_ack'").fetchall()
     conn.close()
-    return {json.loads(b)["cmd_id"]: json.loads(b)["result"] for (b,) in rows}
+    answers = [json.loads(b) for (b,) in rows]
+    return {a["cmd_id"]: a["result"] for a in answers if a["result"] != "delivered"}
+
+
+def delivered_in_store(site: Site) -> set[str]:
+    conn = sqlite3.connect(f"file:{site.store_db}?mode=ro", uri=True)
+    rows = conn.execute("SELECT body FROM events WHERE type = 'command_ack'").fetchall()
+    conn.close()
+    return {json.loads(b)["cmd_id"] for (b,) in rows if json.loads(b)["result"] == "delivered"}
 
 
 def deadline(seconds: float) -> str:
@@ -89,6 +53,7 @@ def test_commands_are_applied_while_valid_expire_after_and_acks_travel_up(tmp_pa
         assert topic == f"iot/{meter}/command"
         assert doc["cmd_id"] == valid and doc["cmd"] == "update_config" and doc["v"] == 2
         wait_until(lambda: acks_in_store(site).get(valid) == "accepted", 30, "the device's ack upstream")
+        wait_until(lambda: valid in delivered_in_store(site), 30, "the gateway's delivered answer upstream")
 
         # A device that is not online before the deadline never gets the command.
         late = f"{unique}-late"
@@ -100,6 +65,7 @@ def test_commands_are_applied_while_valid_expire_after_and_acks_travel_up(tmp_pa
         sleeper.publish("hello", fw_version="2.4.1", uptime_s=1, broker_connections=1, buf_usage_pct=0.0)
         with pytest.raises(queue.Empty):
             sleeper.got.get(timeout=5)
+        assert expiring not in delivered_in_store(site)
 
         # F2: a strike pulse to an online controller, on its cmnd/ topic.
         controller = FakeDevice(site_mqtt.port, "f2-e4fd45f654be", "cmnd/f2-e4fd45f654be/+/+/strike-1",

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -77,27 +78,82 @@ def test_edge_market_fetch_exits_2_on_a_refusal_and_69_when_unreachable(mirror):
     assert "Traceback" not in out.stderr
 
 
-def test_edge_market_fetch_store_keeps_prices_and_alerts_once_across_runs(mirror, storage_dsn, unique, tmp_path):
+def server_config(dsn: str, name: str, tmp_path: Path) -> Iterator[Path]:
+    """A fresh database ``name`` on the cluster of ``dsn`` and a config naming it; dropped after."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        userinfo, hostpart = dsn.split("://", 1)[1].split("@", 1)
+        host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
+        toml = tmp_path / "server.toml"
+        toml.write_text(f'[postgres]\nhost = "{host}"\nport = {port}\ndbname = "{name}"\nuser = "{userinfo}"\n')
+        yield toml
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stored(storage_dsn, unique, tmp_path):
+    yield from server_config(storage_dsn, unique, tmp_path)
+
+
+@pytest.fixture
+def plain(pg_dsn, unique, tmp_path):
+    yield from server_config(pg_dsn, unique, tmp_path)
+
+
+def test_edge_market_fetch_store_keeps_prices_and_alerts_once_across_runs(mirror, stored, storage_dsn, unique):
     """Two runs of the same day (a restart, a re-fetch): the second stores nothing new."""
     import psycopg
 
-    with psycopg.connect(storage_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{unique}"')
-    try:
-        userinfo, hostpart = storage_dsn.split("://", 1)[1].split("@", 1)
-        host, port = hostpart.split("/", 1)[0].rsplit(":", 1)
-        toml = tmp_path / "server.toml"
-        toml.write_text(f'[postgres]\nhost = "{host}"\nport = {port}\ndbname = "{unique}"\nuser = "{userinfo}"\n')
-        out = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml))
-        assert out.returncode == 2 and "edge server migrate" in out.stderr  # not migrated: says so
-        assert subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True).returncode == 0
-        first = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
-        again = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
-        assert json.loads(first.stdout)["stored"] == {"prices": 24, "alerts": 3}, first.stderr
-        assert json.loads(again.stdout)["stored"] == {"prices": 0, "alerts": 0}, again.stderr
-        with psycopg.connect(storage_dsn.rsplit("/", 1)[0] + "/" + unique) as conn:
-            assert conn.execute("SELECT count(*) FROM market_prices").fetchone() == (24,)
-            assert conn.execute("SELECT count(*) FROM alerts WHERE alert_key IS NOT NULL").fetchone() == (3,)
-    finally:
-        with psycopg.connect(storage_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{unique}" WITH (FORCE)')
+    toml = stored
+    out = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml))
+    assert out.returncode == 2 and "edge server migrate" in out.stderr  # not migrated: says so
+    assert subprocess.run([EDGE, "server", "migrate", "--config", str(toml)], capture_output=True).returncode == 0
+    first = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
+    again = fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml), "--json")
+    assert json.loads(first.stdout)["stored"] == {"prices": 24, "alerts": 3}, first.stderr
+    assert json.loads(again.stdout)["stored"] == {"prices": 0, "alerts": 0}, again.stderr
+    with psycopg.connect(storage_dsn.rsplit("/", 1)[0] + "/" + unique) as conn:
+        assert conn.execute("SELECT count(*) FROM market_prices").fetchone() == (24,)
+        assert conn.execute("SELECT count(*) FROM alerts WHERE alert_key IS NOT NULL").fetchone() == (3,)
+
+
+def test_edge_market_plan_asset_plans_a_registry_battery_from_the_stored_day_and_its_telemetry(
+        mirror, plain, pg_dsn, unique):
+    """The same plan as the file-based planner given the same prices and battery: the asset's
+    model from the registry, its prices from market_prices, its state of charge from its
+    latest `soc` reading (percent of capacity)."""
+    import psycopg
+
+    toml = plain
+    for args in (["server", "migrate"], ["registry", "load", str(MARKET.parents[0] / "registry.toml")]):
+        assert subprocess.run([EDGE, *args, "--config", str(toml)], capture_output=True).returncode == 0
+    plan = ["market", "plan", "--asset", "bat-site-1", "--date", "2026-07-26", "--config", str(toml)]
+    none = subprocess.run([EDGE, *plan], capture_output=True, text=True)
+    assert none.returncode == 2 and "no spot prices stored for 2026-07-26" in none.stderr
+    assert fetch("--date", "2026-07-26", "--base-url", mirror.url, "--store", str(toml)).returncode == 0
+    with psycopg.connect(pg_dsn.rsplit("/", 1)[0] + "/" + unique, autocommit=True) as conn:
+        conn.execute("SELECT edge_ensure_partition('2026-07-25')")
+        conn.execute("INSERT INTO iot_measurements (time, device_id, label, value, unit) VALUES "
+                     "('2026-07-25T21:00Z', 'bat-0001', 'soc', 80, '%'), "
+                     "('2026-07-25T21:59Z', 'bat-0001', 'soc', 35, '%')")  # the latest: 70 kWh of 200
+    text = subprocess.run([EDGE, *plan], capture_output=True, text=True)
+    assert text.returncode == 0, text.stderr
+    assert "state of charge 70 kWh from bat-0001 soc = 35 %" in text.stdout
+    from_db = json.loads(subprocess.run([EDGE, *plan, "--json"], capture_output=True, text=True).stdout)
+    battery = ("capacity_kwh=200,charge_kw=100,discharge_kw=100,efficiency=0.9,soc_kwh=70,soc_min_kwh=20,"
+               "soc_max_kwh=190,cost_eur_per_mwh=10")
+    from_file = json.loads(subprocess.run(
+        [EDGE, "market", "plan", "--prices", str(MARKET / DAYS["2026-07-26"]), "--battery", battery, "--json"],
+        capture_output=True, text=True).stdout)
+    assert from_db == from_file and from_db["profit_eur"] > 0
+    unknown = subprocess.run([EDGE, "market", "plan", "--asset", "nope", "--date", "2026-07-26", "--config",
+                              str(toml)], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "known: bat-site-1, pv-roof-1" in unknown.stderr
+    pv = subprocess.run([EDGE, "market", "plan", "--asset", "pv-roof-1", "--date", "2026-07-26", "--config",
+                         str(toml)], capture_output=True, text=True)
+    assert pv.returncode == 2 and "is a pv, not a battery" in pv.stderr

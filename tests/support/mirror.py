@@ -87,3 +87,29 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def prices_answer(day: str, spot: list[float], pvpc: list[float] | None = None) -> bytes:
+    """A REData prices answer for Madrid day ``day`` (YYYY-MM-DD), one hourly value per
+    hour of the day in order (23, 24 or 25 of them)."""
+    import json
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    madrid = ZoneInfo("Europe/Madrid")
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), madrid)
+    hours = []
+    at = start.astimezone(ZoneInfo("UTC"))
+    while at.astimezone(madrid).date() == start.date():
+        hours.append(at.astimezone(madrid))
+        at += timedelta(hours=1)
+    assert len(spot) == len(hours), f"{day} has {len(hours)} hours"
+
+    def series(kind: str, sid: str, values: list[float]) -> dict:
+        return {"type": kind, "id": sid, "attributes": {"title": kind, "values": [
+            {"value": v, "percentage": 0.5, "datetime": t.isoformat(timespec="milliseconds")}
+            for v, t in zip(values, hours, strict=True)]}}
+
+    return json.dumps({"data": {"type": "Precios mercado peninsular en tiempo real", "id": "mer13"},
+                       "included": [series("PVPC", "1001", pvpc or [v + 100 for v in spot]),
+                                    series("Precio mercado spot", "600", spot)]}).encode()
