@@ -87,7 +87,8 @@ class DirectBridge(EdgeActor):
             self.delivery = None
 
     def _kafka_delivery(self) -> Delivery:
-        return Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"), name="bridge")
+        return Delivery(lambda: producer(self.kafka, f"{self.client_id}-kafka"), name="bridge",
+                        bootstrap=self.kafka.bootstrap_servers)
 
     def _on_message(self, message: Inbound) -> None:
         with self.lock:

@@ -149,7 +149,8 @@ class ConsumingActor(EdgeActor):
 
     # -- loop --------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"), name=self.name)
+        self.delivery = Delivery(lambda: producer(self.kafka, f"{self.client_id}-out"), name=self.name,
+                                 bootstrap=self.kafka.bootstrap_servers)
         self._subscribe()
         self.opened()
         self.tell_self(_Poll())

@@ -351,7 +351,8 @@ class MarketActor(EdgeActor):
 
     def _delivery(self) -> Delivery:
         if self.delivery is None:
-            self.delivery = Delivery(lambda: producer(self.kafka, self.client_id), name="market")
+            self.delivery = Delivery(lambda: producer(self.kafka, self.client_id), name="market",
+                                     bootstrap=self.kafka.bootstrap_servers)
             if self.stopping.is_set():
                 self.delivery.stopping.set()
         return self.delivery

@@ -79,6 +79,7 @@ def _common(cfg: KafkaConfig, client_id: str) -> dict:
 
 
 DELIVERY_TIMEOUT_MS = 60_000  # a record not acknowledged by then fails, and is sent again
+SUSPECT_STALL_S = 20.0  # after a failed or unanswered send, no progress this long, the broker reachable: replace
 # Errors about the message itself: sending it again gives the same answer.
 REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError,
            InvalidTimestampError, InvalidTopicError)
@@ -254,12 +255,14 @@ class Delivery:
 
     def __init__(self, make: Callable[[], KafkaProducer], wait_s: float = 5.0,
                  backoff_max_s: float = 10.0, stall_s: float = DELIVERY_TIMEOUT_MS / 1000 + 30,
-                 name: str = "producer") -> None:
+                 name: str = "producer", bootstrap: Sequence[str] = ()) -> None:
         self.make = make
         self.producer = make()
         self.wait_s, self.backoff_max_s, self.stall_s = wait_s, backoff_max_s, stall_s
         self.stopping = threading.Event()
         self.condition = f"kafka ({name})"
+        self.bootstrap = list(bootstrap)
+        self.suspect = False  # a send failed since the last clean round: watch the producer closely
 
     def deliver(self, messages: Sequence[Outgoing]) -> None:
         start = time.monotonic()
@@ -306,10 +309,14 @@ class Delivery:
                         failed.append(m)
             if stalled:
                 STALLS.inc()
-                _log.error("kafka_producer_stalled", records=len(failed), stalled_s=round(self.stall_s),
+                _log.error("kafka_producer_stalled", records=len(failed),
+                           stalled_s=round(SUSPECT_STALL_S if self.suspect else self.stall_s),
+                           after="sends failed or unanswered, a bootstrap server reachable" if self.suspect
+                           else "no acknowledgement at all",
                            action="replacing the producer and sending again")
                 self._replace()
             if failed:
+                self.suspect = True
                 error = next((f.exception for _, f in futures if f.is_done and f.failed()), None)
                 CONDITIONS.problem(self.condition, "Kafka does not acknowledge: " + (
                     type(error).__name__ if error else "no answer (broker unreachable)"),
@@ -323,6 +330,7 @@ class Delivery:
                     raise Stopped("stopping while Kafka had not acknowledged a delivery")
                 delay = min(delay * 2, self.backoff_max_s)
             todo = failed + self._dead_letters(gone)
+        self.suspect = False
         DELIVER_SECONDS.observe(time.monotonic() - start)
         CONDITIONS.clear(self.condition)
 
@@ -338,7 +346,13 @@ class Delivery:
 
     def _wait(self, future: Any, since: float) -> bool:
         """Flush until ``future`` is done (True), or until the producer has completed
-        nothing for ``stall_s`` since ``since`` (False). ``Stopped`` when the owner stops."""
+        nothing for ``stall_s`` since ``since`` (False). ``Stopped`` when the owner stops.
+
+        After a failed send, or none acknowledged for ``2 × wait_s`` (``suspect``: the
+        broker went away or hung), the bound is ``SUSPECT_STALL_S`` while a bootstrap server
+        accepts connections: a kafka-python producer that lived through a broker restart or
+        freeze was seen to complete nothing until replaced (90 s of a stalled uplink after
+        every Kafka restart). A replacement that cannot bootstrap keeps the old producer."""
         while not future.is_done:
             try:
                 self.producer.flush(timeout=self.wait_s)
@@ -346,9 +360,26 @@ class Delivery:
                 pass
             if self.stopping.is_set() and not future.is_done:
                 raise Stopped("stopping while Kafka had not acknowledged a delivery")
-            if not future.is_done and time.monotonic() - since > self.stall_s:
+            waited = time.monotonic() - since
+            if not future.is_done and not self.suspect and waited > 2 * self.wait_s:
+                self.suspect = True  # nothing acknowledged for a while: the broker is away or hung
+            if not future.is_done and (waited > self.stall_s or (
+                    self.suspect and waited > SUSPECT_STALL_S and self._reachable())):
                 return False
         return True
+
+    def _reachable(self) -> bool:
+        """Whether a bootstrap server accepts a TCP connection now (1 s at most)."""
+        import socket
+
+        for address in self.bootstrap:
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=1).close()
+                return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     @staticmethod
     def _dead_letters(gone: list[tuple[Outgoing, BaseException]]) -> list[Outgoing]:
@@ -369,7 +400,12 @@ class Delivery:
         return out
 
     def _replace(self) -> None:
-        old, self.producer = self.producer, self.make()
+        try:
+            made = self.make()
+        except KafkaError as exc:  # the broker away again: keep this one, the loop tries later
+            _log.warning("kafka_producer_not_replaced", error=repr(exc)[:300])
+            return
+        old, self.producer = self.producer, made
         # Closing a stuck producer can block: let it go in the background.
         threading.Thread(target=_close_quietly, args=(old,), name="kafka-producer-close",
                          daemon=True).start()
@@ -397,7 +433,8 @@ class KafkaStore:
     def __init__(self, cfg: KafkaConfig, client_id: str) -> None:
         self.topics = Topics(cfg.decoded_topic, cfg.raw_topic, cfg.events_topic)
         try:
-            self.delivery = Delivery(lambda: producer(cfg, client_id), name="receiver")
+            self.delivery = Delivery(lambda: producer(cfg, client_id), name="receiver",
+                                     bootstrap=cfg.bootstrap_servers)
         except KafkaError as exc:
             raise unreachable(cfg, exc) from exc
 
