@@ -42,7 +42,7 @@ from edge.errors import SchemaNotReady, ServiceError
 from edge.io import device_commands as table
 from edge.io import pg
 from edge.io.mqtt import MqttSession, Session, SessionFactory
-from edge.runtime import log
+from edge.runtime import faults, log
 from edge.runtime.actor import ActorContext, EdgeActor
 from edge.runtime.health import CONDITIONS
 
@@ -213,6 +213,8 @@ class CommandActor(EdgeActor):
                 except (RuntimeError, ValueError):
                     pass  # not queued (disconnected): tried again next poll
                 (sent if info.is_published() else unsent).append(c)
+            if sent:
+                faults.BEFORE_SENT.maybe(actor=self.name, commands=len(sent))  # tests only
             table.mark_sent(conn, [(c.cmd_id, c.gateway_id) for c in sent])
             table.count_attempt(conn, [c.cmd_id for c in unsent])
         SENT.inc(len(sent))

@@ -9,6 +9,7 @@ an environment variable gives. Unset in any real deployment.
 | ``EDGE_FAULT_EXIT_BEFORE_DELETE`` | gateway uplink | a frame confirmed; its rows not deleted from the buffer |
 | ``EDGE_FAULT_EXIT_BEFORE_COMMIT`` | Kafka consumers | a batch durable; its offsets not committed |
 | ``EDGE_FAULT_EXIT_BEFORE_MARK`` | market actor | alerts in Kafka; not marked sent in PostgreSQL |
+| ``EDGE_FAULT_EXIT_BEFORE_SENT`` | command actor | commands acknowledged by the broker; not marked sent |
 
 (``EDGE_FAULT_CLOCK_FILE`` steps the system clock instead: edge/runtime/clock.py.)
 """
@@ -44,3 +45,4 @@ BEFORE_CONFIRM = ExitAt("EDGE_FAULT_EXIT_BEFORE_CONFIRM", "before the MQTT ack a
 BEFORE_DELETE = ExitAt("EDGE_FAULT_EXIT_BEFORE_DELETE", "before the buffer deletes confirmed rows")
 BEFORE_COMMIT = ExitAt("EDGE_FAULT_EXIT_BEFORE_COMMIT", "before offset commit")
 BEFORE_MARK = ExitAt("EDGE_FAULT_EXIT_BEFORE_MARK", "before market alerts are marked sent")
+BEFORE_SENT = ExitAt("EDGE_FAULT_EXIT_BEFORE_SENT", "before commands are marked sent")

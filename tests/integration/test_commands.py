@@ -165,3 +165,33 @@ def test_the_market_loop_a_negative_hour_becomes_a_setpoint_the_battery_obeys(si
         battery.stop()
         mirror.close()
         server.drop()
+
+
+def test_a_command_actor_that_dies_after_the_broker_took_a_command_sends_it_again_and_the_device_gets_it_once(
+        site, server, site_mqtt):
+    """The window between the central broker's PUBACK and the row's `sent`: the process
+    dies there (EDGE_FAULT_EXIT_BEFORE_SENT), the row is still pending, the next process
+    sends it again; the gateway keys commands by cmd_id, so the device gets it once."""
+    meter = f"{site.name}-pm"
+    site.start("gateway")
+    site.start("server", env={"EDGE_FAULT_EXIT_BEFORE_SENT": "1"}, healthy=False)
+    device = FakeDevice(site_mqtt.port, meter, f"iot/{meter}/command")
+    try:
+        device.publish("hello", fw_version="2.4.1", uptime_s=3, broker_connections=1, buf_usage_pct=0.0)
+        wait_until(lambda: server.query("SELECT gateway_id FROM device_state WHERE device_id = %s", meter)
+                   == [(site.name,)], 60, "the device known with its gateway")
+        cmd_id = send(server, meter, "request_status", "--valid-for", "120s")
+        assert site.processes["server"].wait(timeout=60) == 86  # died in the window
+        assert state(server, cmd_id)[:1] == ("pending",)
+        first = device.got.get(timeout=20)  # the broker had it: the gateway delivered it
+        site.start("server")
+        wait_until(lambda: state(server, cmd_id)[0] == "accepted", 60, "the command answered")
+        assert server.query("SELECT attempts FROM device_commands WHERE cmd_id = %s", cmd_id) == [(1,)]
+        with pytest.raises(queue.Empty):
+            device.got.get(timeout=5)  # sent twice to the gateway, delivered to the device once
+        assert first[1]["cmd_id"] == cmd_id
+        acks = server.query("SELECT count(*) FROM device_events WHERE type = 'command_ack' AND body->>'cmd_id' = %s "
+                            "AND body->>'result' = 'accepted'", cmd_id)
+        assert acks == [(1,)]
+    finally:
+        device.close()
