@@ -258,9 +258,12 @@ def _market_fetch(args: argparse.Namespace) -> int:
     from edge.market.alerts import Thresholds, arbitrage_alert, price_alerts
 
     battery = _battery(args.battery)
+    flows: list = []
     with REData(args.base_url, timeout_s=args.timeout, attempts=args.attempts) as api:
         try:
             body = api.prices(args.date)
+            if args.flows:
+                flows = _fetch_flows(api, args)
         except ServiceRefused as exc:
             raise InputError(str(exc)) from exc
     try:
@@ -271,17 +274,32 @@ def _market_fetch(args: argparse.Namespace) -> int:
     alerts = price_alerts(steps, args.zone, thresholds)
     arbitrage = arbitrage_alert(steps, battery, args.zone, thresholds)
     alerts += [arbitrage] if arbitrage else []
+    if flows:
+        from edge.market.flows import decoupling_alerts
+
+        alerts += decoupling_alerts(flows, args.decoupling, args.zone)
     stored = _market_store(args.store, args.zone, args.series, steps, alerts) if args.store else None
     if args.json:
         doc = {"series": args.series, "steps": [{"start": s.start.isoformat(), "hours": s.hours, "price": s.price}
                                                 for s in steps], "alerts": alerts}
         if stored is not None:
             doc["stored"] = {"prices": stored[0], "alerts": stored[1]}
+        if args.flows:
+            doc["flows"] = [{"border": f.border, "at_time": f.at_time.isoformat(), "hours": f.hours,
+                             "flow_direction": f.flow_direction, "physical_flow_mw": f.physical_flow_mw,
+                             "scheduled_flow_mw": f.scheduled_flow_mw, "ntc_mw": f.ntc_mw,
+                             "saturation_percentage": f.saturation_percentage} for f in flows]
         print(json.dumps(doc))
         return EXIT_OK
     print(f"{args.series} {args.date} ({len(steps)} steps, UTC):")
     for s in steps:
         print(f"  {s.start.isoformat()}  {s.price:9.2f} EUR/MWh")
+    for border in sorted({f.border for f in flows}):
+        mine = [f for f in flows if f.border == border]
+        top = max(mine, key=lambda f: f.saturation_percentage or 0)
+        print(f"  flows {border}: {len(mine)} steps, most saturated {top.flow_direction} {top.physical_flow_mw:g} MW"
+              + (f" = {top.saturation_percentage:g} % of {top.ntc_mw:g}" if top.ntc_mw else " (no NTC)")
+              + f" at {top.at_time.isoformat()}")
     for alert in alerts:
         print(f"alert {alert['alert_type']}: " + ", ".join(
             f"{k}={v}" for k, v in alert.items() if k not in ("alert_type", "alert_id")))
@@ -290,6 +308,27 @@ def _market_fetch(args: argparse.Namespace) -> int:
     if stored is not None:
         print(f"stored: {stored[0]} of {len(steps)} prices new or changed, {stored[1]} of {len(alerts)} alerts new")
     return EXIT_OK
+
+
+def _fetch_flows(api, args: argparse.Namespace) -> list:
+    """The day's cross-border flows (physical joined with scheduled, NTC from --ntc)."""
+    from edge.codecs.redata import read_exchanges
+    from edge.market.flows import join, parse_ntc
+
+    try:
+        ntc = parse_ntc(args.ntc)
+    except ValueError as exc:
+        raise InputError(f"--ntc: {exc}") from exc
+    read = []
+    for kind in ("physical", "scheduled"):
+        try:
+            exchanges, problems = read_exchanges(api.exchanges(args.date, kind))
+        except CodecError as exc:
+            raise InputError(f"REData's {kind} exchanges for {args.date}: {exc}") from exc
+        for problem in problems:
+            print(f"{kind} exchanges: {problem} (that border left out)", file=sys.stderr)
+        read.append(exchanges)
+    return join(read[0], read[1], ntc)
 
 
 def _market_store(path: str, zone: str, series: str, steps, alerts) -> tuple[int, int]:
@@ -686,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch.add_argument("--battery", default=REFERENCE_BATTERY, metavar="K=V,...",
                        help=f"the battery ARBITRAGE_OPPORTUNITY is computed for (default {REFERENCE_BATTERY})")
+    from edge.market.flows import DEFAULT_NTC_MW
+
+    fetch.add_argument("--flows", action="store_true",
+                       help="also the cross-border flows: saturation per border and DECOUPLING_LIKELY")
+    fetch.add_argument("--ntc", nargs="+", default=list(DEFAULT_NTC_MW), metavar="DIR=MW",
+                       help=f"with --flows: capacities per direction (default {' '.join(DEFAULT_NTC_MW)})")
+    fetch.add_argument("--decoupling", type=float, default=90.0, metavar="PCT",
+                       help="with --flows: DECOUPLING_LIKELY above this saturation (default 90)")
     fetch.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per request (default 10)")
     fetch.add_argument("--attempts", type=int, default=4, help="tries before giving up (default 4)")
     fetch.add_argument("--json", action="store_true", help='print {"steps": [...], "alerts": [...]}')

@@ -66,6 +66,12 @@ def test_edge_market_fetch_prints_the_day_and_its_alerts(mirror):
     doc = json.loads(out.stdout)
     assert len(doc["steps"]) == 24 and doc["steps"][0]["start"] == "2026-07-25T22:00:00+00:00"
     assert [a["alert_type"] for a in doc["alerts"]] == ["NEGATIVE_PRICE", "HIGH_PRICE", "ARBITRAGE_OPPORTUNITY"]
+    flows = json.loads(fetch("--date", "2026-07-26", "--base-url", mirror.url, "--flows", "--json").stdout)
+    assert len(flows["flows"]) == 96 and {f["border"] for f in flows["flows"]} == {"FR", "PT", "MA", "AD"}
+    assert [a["alert_type"] for a in flows["alerts"]][-1] == "DECOUPLING_LIKELY"
+    tight = json.loads(fetch("--date", "2026-07-26", "--base-url", mirror.url, "--flows", "--json", "--ntc",
+                             "ES>PT=1000").stdout)  # Portugal above 90 %; France, without an NTC, never
+    assert [a["flow_direction"] for a in tight["alerts"] if a["alert_type"] == "DECOUPLING_LIKELY"] == ["ES>PT"]
     text = fetch("--date", "2026-03-29", "--base-url", mirror.url)
     assert text.returncode == 0 and "(23 steps, UTC)" in text.stdout
 
