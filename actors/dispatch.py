@@ -12,7 +12,10 @@ answers onto the row (edge/io/sink_db.py). A gateway offline past the deadline n
 the command over: the broker drops the expired message, or the gateway answers ``expired``.
 
 - The gateway is the row's, else the one that last heard the device (``device_state``).
-  None known, or not a topic level: the command is ``error`` at once, not retried.
+  A device heard on the central broker itself (through the bridge, no gateway) gets the
+  command there, on ``iot/<device>/command`` (an F2 controller on its ``cmnd/`` topic),
+  with the same expiry; its ack comes back through the bridge and the stream decoder.
+  Never heard, or not a topic level: the command is ``error`` at once, not retried.
 - Broker or database away: nothing is marked, the next poll tries again, until the
   deadline and never after (``claim`` takes only valid rows). A command the broker took
   twice (an ack lost on the way) is one command to the gateway: it keys by ``cmd_id``.
@@ -195,16 +198,17 @@ class CommandActor(EdgeActor):
             infos = []
             now = datetime.now(UTC)
             for c in commands:
-                if not c.gateway_id or any(ch in c.gateway_id for ch in "/+#\x00"):
-                    table.refuse(conn, c.cmd_id, "no gateway has heard this device: pass --gateway, or wait "
-                                 "until its gateway reports it" if not c.gateway_id else
-                                 f"gateway {c.gateway_id!r} is not a topic level")
+                left = max(1, int((c.deadline - now).total_seconds()))
+                level = c.device_id if c.direct else c.gateway_id
+                if not level or any(ch in level for ch in "/+#\x00"):
+                    table.refuse(conn, c.cmd_id, f"{level!r} is not a topic level" if level else
+                                 "no gateway has heard this device, nor the central broker: pass --gateway, or "
+                                 "wait until it is heard")
                     UNROUTABLE.inc()
                     _log.warning("command_unroutable", cmd_id=c.cmd_id, device=c.device_id)
                     continue
-                left = max(1, int((c.deadline - now).total_seconds()))
-                infos.append((c, self.session.publish(f"edge/{c.gateway_id}/down", c.downlink(), qos=1,
-                                                      expiry_s=left)))
+                topic, payload = c.direct_message(now) if c.direct else (f"edge/{c.gateway_id}/down", c.downlink())
+                infos.append((c, self.session.publish(topic, payload, qos=1, expiry_s=left)))
             deadline = time.monotonic() + self.cfg.publish_timeout_s
             sent, unsent = [], []
             for c, info in infos:

@@ -209,9 +209,9 @@ def server_specs(cfg: Config, store: RecordStore | None) -> list[ActorSpec]:
         specs.append(ActorSpec("market", lambda ctx: MarketActor.start(
             ctx, cfg.market, cfg.kafka, cfg.postgres, f"{base}-market"), sends_to=()))
     if on.commands:
-        client_id = f"{cfg.central_broker.client_id or f'edge-{node}'}-commands"
+        commands_id = f"{cfg.central_broker.client_id or f'edge-{node}'}-commands"
         specs.append(ActorSpec("dispatch", lambda ctx: CommandActor.start(
-            ctx, cfg.central_broker, cfg.postgres, cfg.dispatch, client_id), sends_to=()))
+            ctx, cfg.central_broker, cfg.postgres, cfg.dispatch, commands_id), sends_to=()))
     if on.decoder:
         specs.append(ActorSpec("stream_decoder", lambda ctx: StreamDecoder.start(
             ctx, cfg.kafka, cfg.postgres, cfg.stream_decoder, f"{base}-decoder"), sends_to=()))

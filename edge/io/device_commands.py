@@ -33,6 +33,16 @@ class Command:
     topic: str | None
     deadline: datetime
     attempts: int
+    direct: bool = False  # heard on the central broker itself (the bridge), through no gateway
+
+    def direct_message(self, now: datetime) -> tuple[str, bytes]:
+        """(topic, payload) for a device on the central broker itself: what a gateway's
+        CommandRouter would publish to it on the site broker."""
+        if self.kind == "f2":
+            return str(self.topic), json.dumps(self.params, separators=(",", ":")).encode()
+        body = {"v": 2, "cmd_id": self.cmd_id, "ts": now.isoformat().replace("+00:00", "Z"), "cmd": self.cmd,
+                "params": self.params}
+        return f"iot/{self.device_id}/command", json.dumps(body, separators=(",", ":")).encode()
 
     def downlink(self) -> bytes:
         """What the gateway's CommandRouter takes on edge/<gateway>/down."""
@@ -58,7 +68,7 @@ def create(conn: psycopg.Connection, device_id: str, cmd: str, params: dict[str,
 
 
 _CLAIM = """SELECT c.cmd_id::text, c.device_id, coalesce(c.gateway_id, s.gateway_id), c.kind, c.cmd, c.params,
-    c.topic, c.deadline, c.attempts
+    c.topic, c.deadline, c.attempts, s.device_id IS NOT NULL AND s.gateway_id IS NULL AND c.gateway_id IS NULL
 FROM device_commands c LEFT JOIN device_state s ON s.device_id = c.device_id
 WHERE c.status = 'pending' AND c.deadline > now()
 ORDER BY c.created_at
@@ -72,8 +82,8 @@ def claim(conn: psycopg.Connection, limit: int) -> list[Command]:
     return [Command(*row) for row in conn.execute(_CLAIM, (limit,)).fetchall()]
 
 
-def mark_sent(conn: psycopg.Connection, sent: Sequence[tuple[str, str]]) -> None:
-    """(cmd_id, gateway) the central broker acknowledged."""
+def mark_sent(conn: psycopg.Connection, sent: Sequence[tuple[str, str | None]]) -> None:
+    """(cmd_id, gateway or None for a direct device) the central broker acknowledged."""
     if sent:
         conn.execute("UPDATE device_commands AS c SET status = 'sent', sent_at = now(), status_at = now(), "
                      "attempts = c.attempts + 1, gateway_id = a.gw FROM unnest(%s::uuid[], %s::text[]) AS a(id, gw) "

@@ -52,3 +52,27 @@ def test_edges_to_actors_outside_the_graph_stop_the_start():
     specs = [ActorSpec("a", EdgeActor.start, sends_to=("b",))]
     with pytest.raises(StartupError, match="'a' declares edges to actors not in the graph: b"):
         Runtime(specs, SupervisionConfig())
+
+
+def test_every_broker_connection_of_the_server_has_a_client_id_of_its_own(tmp_path, monkeypatch):
+    """Two connections with one client id take each other's session in turns (the broker
+    drops the older one): the command actor once reused the bridge's through a late-bound
+    variable in server_specs."""
+    from edge.actors import bridge, dispatch, receiver
+
+    seen: dict[str, str] = {}
+
+    def capture(name: str, position: int):
+        def start(ctx, *args):
+            seen[name] = args[position]
+        return start
+
+    monkeypatch.setattr(receiver.UplinkReceiver, "start", capture("receiver", 3))
+    monkeypatch.setattr(bridge.DirectBridge, "start", capture("bridge", 3))
+    monkeypatch.setattr(dispatch.CommandActor, "start", capture("dispatch", 3))
+    cfg = config.from_mapping({"server": {"receiver": True, "bridge": True, "decoder": False, "sink": False,
+                                          "commands": True}}, env={})
+    for spec in app.server_specs(cfg, store=object()):
+        spec.start(None)
+    assert set(seen) == {"receiver", "bridge", "dispatch"}
+    assert len(set(seen.values())) == 3, seen

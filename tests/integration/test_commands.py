@@ -195,3 +195,30 @@ def test_a_command_actor_that_dies_after_the_broker_took_a_command_sends_it_agai
         assert acks == [(1,)]
     finally:
         device.close()
+
+
+def test_a_device_on_the_central_broker_gets_its_command_there_and_its_ack_comes_back_through_the_bridge(
+        site, kafka, pg_dsn, central_mqtt):
+    from harness import to_toml
+
+    server = make_server(site, kafka, pg_dsn, server={"commands": True, "bridge": True, "receiver": False},
+                         dispatch={"poll_s": 0.2})
+    server.config["bridge"]["mappings"].insert(0, f"iot/# -> {server.topics['raw']}")
+    (site.tmp / "server.toml").write_text(to_toml(server.config))
+    meter = f"{site.name}-direct"
+    site.start("server")
+    device = FakeDevice(central_mqtt.port, meter, f"iot/{meter}/command")
+    try:
+        device.publish("hello", fw_version="2.4.1", uptime_s=3, broker_connections=1, buf_usage_pct=0.0)
+        wait_until(lambda: server.query("SELECT gateway_id FROM device_state WHERE device_id = %s", meter)
+                   == [(None,)], 60, "the device known, through no gateway")
+        cmd_id = send(server, meter, "update_config", "--param", "send_interval_s=5", "--valid-for", "60s")
+        topic, doc = device.got.get(timeout=20)
+        assert topic == f"iot/{meter}/command"
+        assert (doc["v"], doc["cmd_id"], doc["cmd"], doc["params"]) == (2, cmd_id, "update_config",
+                                                                        {"send_interval_s": 5})
+        wait_until(lambda: state(server, cmd_id)[0] == "accepted", 60, "the ack through bridge and decoder")
+        assert server.query("SELECT gateway_id FROM device_commands WHERE cmd_id = %s", cmd_id) == [(None,)]
+    finally:
+        device.close()
+        server.drop()
