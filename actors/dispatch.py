@@ -41,7 +41,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from edge.config import DispatchConfig, MqttConfig, PostgresConfig
-from edge.errors import SchemaNotReady, ServiceError
+from edge.errors import ServiceError
 from edge.io import device_commands as table
 from edge.io import pg
 from edge.io.mqtt import MqttSession, Session, SessionFactory
@@ -124,13 +124,7 @@ class CommandActor(EdgeActor):
 
     def _db(self) -> Any:
         if self.conn is None or self.conn.closed:
-            conn = pg.connect(self.postgres, autocommit=True)
-            with pg.translated("checking migrations"):
-                missing = pg.pending(conn)
-            if missing:
-                conn.close()
-                raise SchemaNotReady(f"the database lacks {', '.join(missing)}: run `edge server migrate`")
-            self.conn = conn
+            self.conn = pg.connect_migrated(self.postgres)
         return self.conn
 
     def _poll(self) -> None:
@@ -157,18 +151,18 @@ class CommandActor(EdgeActor):
             self._send(conn)
 
     def _setpoints(self, conn: Any) -> None:
-        from edge.io import market_db, registry_db
+        from edge.io import market_db
         from edge.market.assets import AssetError, soc_kwh
         from edge.market.plan import PlanError
         from edge.market.setpoints import Last, decide
 
         now = datetime.now(UTC)
-        _, registry = registry_db.read(conn)
-        if not registry.assets:
+        assets = market_db.assets(conn)
+        if not assets:
             return
         prices = market_db.prices(conn, self.cfg.zone, self.cfg.series, now - timedelta(hours=1),
                                   now + timedelta(days=2))
-        for asset in registry.assets:
+        for asset in assets:
             reading = market_db.latest_value(conn, asset.device, asset.soc_label) if asset.kind == "battery" else None
             if reading is not None and (now - reading[0]).total_seconds() > SOC_MAX_AGE_S:
                 reading = None  # a battery whose charge is not known now is not driven
@@ -185,8 +179,9 @@ class CommandActor(EdgeActor):
                 continue
             if sp is None:
                 continue
-            if table.create_once(conn, sp.cmd_id, sp.device_id, "set_power", sp.params, sp.valid_until,
-                                 asset.gateway or None, "market", asset.id):
+            if table.create(conn, sp.device_id, "set_power", sp.params, sp.valid_until,
+                            gateway_id=asset.gateway or None, source="market", asset_id=asset.id,
+                            cmd_id=sp.cmd_id) is not None:
                 SETPOINTS.inc()
                 _log.info("setpoint", asset=asset.id, device=asset.device, cmd_id=sp.cmd_id,
                           expected_profit_eur=sp.expected_profit_eur, **{k: v for k, v in sp.params.items()})

@@ -44,7 +44,7 @@ from edge.codecs import redata as codec
 from edge.codecs.errors import CodecError
 from edge.codecs.stream import Outgoing
 from edge.config import KafkaConfig, MarketConfig, PostgresConfig
-from edge.errors import SchemaNotReady, ServiceError, ServiceRefused, ServiceUnavailable, Stopped
+from edge.errors import ServiceError, ServiceRefused, ServiceUnavailable, Stopped
 from edge.io import market_db, pg
 from edge.io.kafka import Delivery, TopicReader, producer
 from edge.io.redata import REData
@@ -174,17 +174,7 @@ class MarketActor(EdgeActor):
 
     def _db(self) -> Any:
         if self.conn is None or self.conn.closed:
-            conn = pg.connect(self.postgres, autocommit=True)
-            try:
-                with pg.translated("checking migrations"):
-                    missing = pg.pending(conn)
-            except BaseException:
-                conn.close()
-                raise
-            if missing:
-                conn.close()
-                raise SchemaNotReady(f"the database lacks {', '.join(missing)}: run `edge server migrate`")
-            self.conn = conn
+            self.conn = pg.connect_migrated(self.postgres)
         return self.conn
 
     def _leading(self) -> bool:

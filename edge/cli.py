@@ -212,9 +212,7 @@ def _asset_plan_inputs(args: argparse.Namespace):
 
     cfg = _load(args.config)
     start, end = day_bounds(args.date)
-    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("reading the asset and prices"):
-        if pg.pending(conn):
-            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+    with pg.connect_migrated(cfg.postgres) as conn, pg.translated("reading the asset and prices"):
         asset = market_db.asset(conn, args.asset)
         if asset is None:
             known = [r[0] for r in conn.execute("SELECT asset_id FROM assets ORDER BY 1").fetchall()]
@@ -335,9 +333,7 @@ def _market_store(path: str, zone: str, series: str, steps, alerts) -> tuple[int
     from edge.io import market_db, pg
 
     cfg = _load(path)
-    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("storing market data"):
-        if pg.pending(conn):
-            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+    with pg.connect_migrated(cfg.postgres) as conn, pg.translated("storing market data"):
         return market_db.store_prices(conn, zone, series, steps), len(market_db.store_alerts(conn, alerts))
 
 
@@ -355,9 +351,7 @@ def _registry(args: argparse.Namespace) -> int:
         registry = registry_mod.loads(text)
     except CodecError as exc:
         raise InputError(f"{args.file}: {exc.message}") from exc
-    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("loading the registry"):
-        if pg.pending(conn):
-            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+    with pg.connect_migrated(cfg.postgres) as conn, pg.translated("loading the registry"):
         changed, version = registry_db.load(conn, registry, args.file, text)
     n_pins = sum(len(c.pins) for ctl in registry.controllers for c in ctl.connectors)
     print(f"{args.file}: {'loaded' if changed else 'unchanged'}, registry version {version} "
@@ -417,9 +411,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.kind == "f2" and not (args.topic or "").startswith(f"cmnd/{args.device}/"):
             raise InputError(f"an F2 command needs --topic cmnd/{args.device}/...")
     cfg = _load(args.config)
-    with pg.connect(cfg.postgres, autocommit=True) as conn, pg.translated("commands"):
-        if pg.pending(conn):
-            raise SchemaNotReady("the database lacks migrations: run `edge server migrate`")
+    with pg.connect_migrated(cfg.postgres) as conn, pg.translated("commands"):
         if args.command_action in ("pause", "resume"):
             table.set_paused(conn, args.command_action == "pause")
             print("commands paused: nothing is sent until `edge command resume`" if args.command_action == "pause"

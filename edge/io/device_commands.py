@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from edge.codecs.records import iso
+
 STATES = ("pending", "sent", "delivered", "accepted", "rejected", "error", "unsupported", "expired")
 PAUSED = "commands_paused"  # edge_settings key: the kill switch
 
@@ -40,8 +42,7 @@ class Command:
         CommandRouter would publish to it on the site broker."""
         if self.kind == "f2":
             return str(self.topic), json.dumps(self.params, separators=(",", ":")).encode()
-        body = {"v": 2, "cmd_id": self.cmd_id, "ts": now.isoformat().replace("+00:00", "Z"), "cmd": self.cmd,
-                "params": self.params}
+        body = {"v": 2, "cmd_id": self.cmd_id, "ts": iso(now), "cmd": self.cmd, "params": self.params}
         return f"iot/{self.device_id}/command", json.dumps(body, separators=(",", ":")).encode()
 
     def downlink(self) -> bytes:
@@ -57,14 +58,18 @@ class Command:
 
 def create(conn: psycopg.Connection, device_id: str, cmd: str, params: dict[str, Any], deadline: datetime, *,
            kind: str = "v2", topic: str | None = None, gateway_id: str | None = None, source: str = "operator",
-           asset_id: str | None = None, cmd_id: str | None = None) -> str:
+           asset_id: str | None = None, cmd_id: str | None = None) -> str | None:
+    """Write a pending command; its id, or None when a command with ``cmd_id`` exists already
+    (a decision made twice writes one row)."""
     cmd_id = cmd_id or str(uuid.uuid4())
     with conn.transaction():
-        conn.execute("INSERT INTO device_commands (cmd_id, device_id, gateway_id, cmd, params, deadline, kind, topic, "
-                     "source, asset_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                     (cmd_id, device_id, gateway_id, cmd, json.dumps(params), deadline, kind, topic, source,
-                      asset_id))
-    return cmd_id
+        row = conn.execute(
+            "INSERT INTO device_commands (cmd_id, device_id, gateway_id, cmd, params, deadline, kind, topic, "
+            "source, asset_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (cmd_id) DO NOTHING RETURNING cmd_id",
+            (cmd_id, device_id, gateway_id, cmd, json.dumps(params), deadline, kind, topic, source, asset_id)
+        ).fetchone()
+    return None if row is None else cmd_id
 
 
 _CLAIM = """SELECT c.cmd_id::text, c.device_id, coalesce(c.gateway_id, s.gateway_id), c.kind, c.cmd, c.params,
@@ -154,12 +159,3 @@ def last_market(conn: psycopg.Connection, asset_id: str) -> tuple[datetime, dict
                        "ORDER BY created_at DESC LIMIT 1", (asset_id,)).fetchone()
     return None if row is None else (row[0], row[1])
 
-
-def create_once(conn: psycopg.Connection, cmd_id: str, device_id: str, cmd: str, params: dict[str, Any],
-                deadline: datetime, gateway_id: str | None, source: str, asset_id: str) -> bool:
-    """Write a command unless its id exists (a decision made twice); True when written."""
-    with conn.transaction():
-        return conn.execute(
-            "INSERT INTO device_commands (cmd_id, device_id, gateway_id, cmd, params, deadline, source, asset_id) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (cmd_id) DO NOTHING RETURNING cmd_id",
-            (cmd_id, device_id, gateway_id, cmd, json.dumps(params), deadline, source, asset_id)).fetchone() is not None

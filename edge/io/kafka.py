@@ -18,6 +18,7 @@ downstream is keyed by the record's identity, so that costs space, never a doubl
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -370,8 +371,6 @@ class Delivery:
 
     def _reachable(self) -> bool:
         """Whether a bootstrap server accepts a TCP connection now (1 s at most)."""
-        import socket
-
         for address in self.bootstrap:
             host, _, port = address.rpartition(":")
             try:

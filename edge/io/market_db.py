@@ -3,6 +3,7 @@ answers refused, and the alerts outbox (stored once by identity, marked when Kaf
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 import psycopg
 
 from edge.codecs.redata import PriceStep
+from edge.codecs.registry import Asset
 from edge.market.flows import Flow
 
 _PRICES = """INSERT INTO market_prices AS m (zone, series, start, resolution, price)
@@ -92,10 +94,13 @@ def latest_value(conn: psycopg.Connection, device: str, label: str) -> tuple[dat
     return None if row is None else (row[0], row[1])
 
 
-def asset(conn: psycopg.Connection, asset_id: str) -> Any:
-    """The registry's asset ``asset_id`` (edge.codecs.registry.Asset), or None."""
-    from edge.codecs.registry import Asset
+def assets(conn: psycopg.Connection) -> list[Asset]:
+    """The registry's assets (``[[assets]]``, loaded by ``edge registry load``), by id."""
+    return [Asset(**model) for (model,) in conn.execute("SELECT model FROM assets ORDER BY asset_id")]
 
+
+def asset(conn: psycopg.Connection, asset_id: str) -> Asset | None:
+    """The registry's asset ``asset_id``, or None."""
     row = conn.execute("SELECT model FROM assets WHERE asset_id = %s", (asset_id,)).fetchone()
     return None if row is None else Asset(**row[0])
 
@@ -108,8 +113,6 @@ def whole_days(conn: psycopg.Connection, zone: str, since: date) -> set[tuple[st
 
 def store_reject(conn: psycopg.Connection, kind: str, day: date, reason: str, detail: str, body: bytes) -> bool:
     """Keep an answer that could not be read, once by its digest; True when new."""
-    import hashlib
-
     digest = hashlib.sha256(kind.encode() + b"\0" + body).hexdigest()
     with conn.transaction():
         return conn.execute("INSERT INTO market_rejects (digest, kind, day, reason, detail, body) "

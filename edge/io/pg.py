@@ -104,6 +104,22 @@ def connect(cfg: PostgresConfig, autocommit: bool = False, statement_timeout: bo
                                  f"{str(exc).strip()}") from exc
 
 
+def connect_migrated(cfg: PostgresConfig) -> psycopg.Connection:
+    """An autocommit connection to a database that has every migration this version ships;
+    ``SchemaNotReady`` naming the missing ones (run `edge server migrate`) otherwise."""
+    conn = connect(cfg, autocommit=True)
+    try:
+        with translated("checking migrations"):
+            missing = pending(conn)
+        if missing:
+            raise SchemaNotReady(f"database {cfg.dbname} on {cfg.host}:{cfg.port} lacks migrations "
+                                 f"{', '.join(missing)}: run `edge server migrate`")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int

@@ -29,6 +29,7 @@ created once.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -39,7 +40,7 @@ from prometheus_client import Counter
 from edge.codecs.stream import Row
 from edge.config import PostgresConfig
 from edge.errors import SchemaNotReady, ServiceUnavailable
-from edge.io.pg import connect, pending, recorded_storage, timescale_problem, timescale_version, translated
+from edge.io.pg import connect_migrated, recorded_storage, timescale_problem, timescale_version, translated
 from edge.io.store import CONFLICTS
 
 ANSWERS = Counter("edge_sink_command_answers", "Command answers (acks, expiries, deliveries) that moved a "
@@ -121,12 +122,8 @@ class SinkDb:
         self.partitions: set[date] = set()
 
     def connect(self) -> None:
-        conn = connect(self.cfg, autocommit=True)
+        conn = connect_migrated(self.cfg)
         try:
-            missing = pending(conn)
-            if missing:
-                raise SchemaNotReady(f"database {self.cfg.dbname} on {self.cfg.host}:{self.cfg.port} "
-                                     f"lacks migrations {', '.join(missing)}: run `edge server migrate`")
             if recorded_storage(conn) == "timescaledb":
                 problem = timescale_problem(timescale_version(conn) or "")
                 if problem:  # refused here too: an extension updated down, or migrated by an older edge
@@ -270,8 +267,6 @@ def _answers(conn: psycopg.Connection, events: Sequence[dict[str, Any]]) -> None
     first (only from pending or sent), then final results (only from an open state), each
     command's earliest final answer winning; OTA progress onto its command. A replayed
     answer finds its row final and changes nothing."""
-    import uuid
-
     acks: dict[str, list[dict[str, Any]]] = {"delivered": [], "final": []}
     ota = []
     for e in sorted(events, key=lambda e: (e["time"], e["key"])):

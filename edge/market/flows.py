@@ -82,7 +82,7 @@ def decoupling_alerts(flows: Sequence[Flow], threshold_percent: float = 90.0, zo
     def close() -> None:
         if run and (complete or run[-1].at_time != last[run[-1].border]):
             starts_at = run[0].at_time.isoformat()
-            ends_at = (run[-1].at_time + _hours(run[-1].hours)).isoformat()
+            ends_at = (run[-1].at_time + timedelta(hours=run[-1].hours)).isoformat()
             kind = "DECOUPLING_LIKELY"
             out.append({"alert_id": alert_id(kind, zone, starts_at, ends_at) + f"/{run[0].flow_direction}",
                         "alert_type": kind, "zone": zone, "border": run[0].border,
@@ -94,7 +94,7 @@ def decoupling_alerts(flows: Sequence[Flow], threshold_percent: float = 90.0, zo
     for f in sorted(flows, key=lambda f: (f.border, f.at_time)):
         saturated = f.saturation_percentage is not None and f.saturation_percentage > threshold_percent
         continues = (run and saturated and run[-1].border == f.border and run[-1].flow_direction == f.flow_direction
-                     and run[-1].at_time + _hours(run[-1].hours) == f.at_time)
+                     and run[-1].at_time + timedelta(hours=run[-1].hours) == f.at_time)
         if not continues:
             close()
             run = []
@@ -102,7 +102,3 @@ def decoupling_alerts(flows: Sequence[Flow], threshold_percent: float = 90.0, zo
             run.append(f)
     close()
     return sorted(out, key=lambda a: (a["starts_at"], a["alert_id"]))
-
-
-def _hours(h: float) -> timedelta:
-    return timedelta(hours=h)
